@@ -1,0 +1,1 @@
+"""The `hyenalens` command line: the one module that imports every layer."""

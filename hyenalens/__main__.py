@@ -1,0 +1,3 @@
+from hyenalens.cli import main
+
+raise SystemExit(main())
