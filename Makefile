@@ -16,7 +16,7 @@ $(BIN)/hyenalens: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(BIN)/hyenalens
-	$(BIN)/hyenalens demo
+	$(BIN)/hyenalens smoke
 
 test: $(BIN)/hyenalens
 	$(BIN)/python -m pytest -q
