@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
 from torch import Tensor
 
 from models.errors import UserError

@@ -1,5 +1,4 @@
 """HyenaOperator.from_safari reproduces safari's own outputs and input gradients."""
-import json
 
 import pytest
 import torch
