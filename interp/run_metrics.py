@@ -1,0 +1,333 @@
+"""Every interp metric at every captured checkpoint: `hyenalens probe RUN_DIR` (`probe_run`).
+
+Output: one tidy table RUN_DIR/analysis/metrics.csv (written atomically), one row per
+(step, metric, layer, hook, role, target), sorted by step, columns `METRIC_COLUMNS`:
+
+    step     checkpoint step
+    metric   name (below)
+    layer    block index; −1 where the metric is not about one layer (attribution, LDs, acc)
+    value    the number
+    target   filters: "o{order}_{forward|backward}" (order step o of h^o); probes: the probed
+             label (prev_token / next_token / answer); else empty
+    hook     the hook the metric reads: probes (blocks.{l}.hook_resid_post), patching (the
+             patched hook), filters (…mixer.hook_filter / _rev); "embed" for attribution
+    role     probes: the positions probed (value / key / query); patching: the position group
+             (query / match_key / match_value / other / all / none)
+    control  probe accuracy rows: the control-task accuracy (same as the _control row)
+    ci       95% half-width where defined: probes (binomial), attribution shares (normal,
+             over sequences), patch_recovery (percentile bootstrap over pairs), answer_acc
+    n        test samples / sequences / pairs behind the value
+    floor    the same (metric, layer, hook, role, target) on the random-initialized model
+             build_model(run model config, run seed), i.e. the run's own initialization
+
+Empty cells are missing values. Metric names:
+- prev_token_score, recall_score_values, recall_score_keys: interp.scores on the token-level
+  mean-|H| map with normalized rows (attention: the head-mean pattern), per layer, on the
+  first `n_scores` circuit rows; the query row is the probe set's query position.
+- filter_lag1_mass, filter_effective_length: interp.filters on the captured hook_filter
+  (and hook_filter_rev), per layer and order step (`target`); Hyena only.
+- probe_{prev_token,next_token,answer} (+ _control, _selectivity): interp.probes on
+  blocks.{l}.hook_resid_post, per layer.
+- attr_share_{keys,values,rest,query}, attr_delta, attr_delta_rel: interp.attribution on the
+  first `n_attr` circuit rows (rest includes the query; query is reported on its own too).
+- patch_recovery (hook and role columns), patch_ld_clean, patch_ld_corrupt: interp.patching on
+  the first `n_patch` circuit pairs (tasks with key/value roles: AR, MQAR; none for IH).
+- answer_acc: the model's own accuracy at the query over the whole probe set.
+
+Incremental: each checkpoint's rows are kept in RUN_DIR/analysis/metrics_parts/
+step_{step:08d}.json with a signature (probe-set digest, metric version, options) and the
+seconds each part took; a rerun computes only checkpoints without a matching part, and the
+floor once (floor.json), then rewrites metrics.csv from the parts.
+
+`evaluate_model(model, probe_set)` computes the same rows on a model object (no run dir).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from models.errors import UserError
+
+METRICS_VERSION = 1
+METRIC_COLUMNS = ("step", "metric", "layer", "value", "target", "hook", "role", "control", "ci", "n", "floor")
+_KEY = ("metric", "layer", "hook", "role", "target")
+
+
+@dataclass
+class MetricOptions:
+    """What `evaluate_model` computes, and how much it costs. The row counts take the first
+    rows of the probe set's circuit subset (`ProbeSet.circuit_idx`, 32 by default). The
+    defaults keep capture + metrics of one safari-sized checkpoint (d_model 64, 2 layers,
+    L 66, 256 probe sequences) near 1 s of one CPU core; raise them for tighter estimates."""
+
+    probes: bool = True
+    scores: bool = True
+    filters: bool = True
+    attribution: bool = True
+    patching: bool = True
+    ig_steps: int = 16          # Gauss-Legendre nodes of integrated gradients
+    n_attr: int = 8             # circuit rows used for attribution (≤ the probe set's circuit rows)
+    n_scores: int = 8           # circuit rows used for the map scores
+    n_patch: int = 16           # circuit rows (clean/corrupted pairs) used for patching
+    patch_hooks: list[str] | None = None  # None: interp.patching.default_patch_hooks
+    skip_identical: bool = True
+
+    def signature(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ====================================================================== one model
+def evaluate_model(
+    model: nn.Module,
+    ps: Any,
+    acts: dict[str, Tensor] | None = None,
+    options: MetricOptions | None = None,
+    timings: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric on one model over a `ProbeSet` (interp.capture). `acts` are the captured
+    activations (capture_model's output); when None they are captured here, in memory.
+    Rows carry no `step` (the caller adds it). `timings` collects seconds per part."""
+    from interp.capture import capture_model, default_hooks, is_hyena, n_layers_of
+
+    opt = options or MetricOptions()
+    t = timings if timings is not None else {}
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    n_layers = n_layers_of(model)
+
+    def tick(name: str, t0: float) -> float:
+        t1 = time.perf_counter()
+        t[name] = t.get(name, 0.0) + t1 - t0
+        return t1
+
+    t0 = time.perf_counter()
+    try:
+        if acts is None:
+            acts = capture_model(model, ps, default_hooks(model))
+            t0 = tick("capture", t0)
+        if "logits" in acts:
+            acc = (acts["logits"][:, 0].argmax(-1) == ps.answer).double()
+            rows.append(dict(metric="answer_acc", layer=-1, value=float(acc.mean()), n=ps.n,
+                             ci=1.96 * float(acc.std()) / math.sqrt(ps.n)))
+        if opt.probes:
+            from interp.probes import probe_hooks, run_probes
+
+            rows += run_probes(acts, ps, probe_hooks(acts, n_layers))
+            t0 = tick("probes", t0)
+        if opt.filters and is_hyena(model):
+            rows += _filter_rows(acts, model, n_layers, ps.length)
+            t0 = tick("filters", t0)
+        circuit = ps.circuit()
+        if opt.scores:
+            rows += _score_rows(model, circuit, n_layers, opt.n_scores)
+            t0 = tick("scores", t0)
+        if opt.attribution:
+            from interp.attribution import attribution_metrics
+
+            k = min(opt.n_attr, len(circuit["inputs"]))
+            sub = {key: v[:k] for key, v in circuit.items()}
+            rows += attribution_metrics(model, sub, n_steps=opt.ig_steps)
+            t0 = tick("attribution", t0)
+        if opt.patching:
+            from interp.patching import patch_recovery
+
+            k = min(opt.n_patch, len(circuit["inputs"]))
+            sub = {key: v[:k] for key, v in circuit.items()}
+            rows += patch_recovery(model, sub, opt.patch_hooks, skip_identical=opt.skip_identical)
+            t0 = tick("patching", t0)
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def _filter_rows(acts: dict[str, Tensor], model: nn.Module, n_layers: int, L: int) -> list[dict[str, Any]]:
+    from interp.filters import LayerFilters, filter_metrics, model_filters
+
+    per_layer = []
+    for l in range(n_layers):
+        pre = f"blocks.{l}.mixer."
+        if pre + "hook_filter" in acts:
+            per_layer.append(LayerFilters(acts[pre + "hook_filter"].float(), acts.get(pre + "hook_filter_rev")))
+        else:
+            per_layer = None
+            break
+    if per_layer is None:
+        per_layer = model_filters(model, L)
+    rows = []
+    for r in filter_metrics(per_layer):
+        hook = f"blocks.{r['layer']}.mixer.hook_filter" + ("_rev" if r["direction"] == "backward" else "")
+        rows.append(dict(metric=r["metric"], layer=r["layer"], value=r["value"], hook=hook,
+                         target=f"o{r['order']}_{r['direction']}"))
+    return rows
+
+
+def _score_rows(model: nn.Module, circuit: dict[str, Tensor], n_layers: int, n: int) -> list[dict[str, Any]]:
+    from interp.scores import map_for_scores, map_scores
+
+    k = min(n, len(circuit["inputs"]))
+    tokens = circuit["inputs"][:k]
+    m, L = tokens.shape
+    query = torch.zeros(m, L, dtype=torch.bool)
+    query[torch.arange(m), circuit["qpos"][:k]] = True
+    rows = []
+    for l in range(n_layers):
+        maps = map_for_scores(model, tokens, l)
+        sc = map_scores(maps, query=query, match_value=circuit["match_value"][:k],
+                        match_key=circuit["match_key"][:k])
+        for name, v in sc.items():
+            rows.append(dict(metric=name, layer=l, value=float(v), n=m))
+    return rows
+
+
+# ====================================================================== a run
+def parts_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "analysis" / "metrics_parts"
+
+
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "analysis" / "metrics.csv"
+
+
+def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if data.get("signature") != signature:
+        return None
+    return data.get("rows")
+
+
+def _write_part(path: Path, signature: dict[str, Any], rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
+    from models.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"signature": signature, "rows": rows, "seconds": seconds},
+                                       default=_json_num, allow_nan=True) + "\n")
+
+
+def _json_num(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def probe_run(
+    run_dir: str | Path,
+    progress: bool = True,
+    force: bool = False,
+    floor: bool = True,
+    options: MetricOptions | None = None,
+) -> Path:
+    """Compute every metric at every captured checkpoint and write RUN_DIR/analysis/metrics.csv.
+
+    Checkpoints whose part is already computed (same probe set, version and options) are not
+    recomputed unless `force`. Returns the path of metrics.csv."""
+    from tqdm.auto import tqdm
+
+    from interp.capture import CAPTURE_VERSION, ProbeSet, capture_dir, captured_steps, load_step, read_step_meta, step_file
+    from interp.run_io import list_checkpoints, load_checkpoint_model, random_init_model, read_run_config
+
+    run_dir = Path(run_dir)
+    opt = options or MetricOptions()
+    ps_path = capture_dir(run_dir) / "probe_set.safetensors"
+    if not ps_path.is_file():
+        raise UserError(f"{run_dir} has no capture yet; run `hyenalens capture {run_dir}` first")
+    cfg = read_run_config(run_dir)
+    ps = ProbeSet.load(ps_path)
+    digest = ps.digest()
+    signature = {"probe_set": digest, "version": METRICS_VERSION, "options": opt.signature()}
+    listed = {s for s, _ in list_checkpoints(run_dir)}  # a pruned checkpoint's capture is stale
+    steps = []
+    for s in captured_steps(run_dir):
+        if s not in listed:
+            continue
+        meta = read_step_meta(step_file(run_dir, s))
+        if meta and meta.get("probe_set") == digest and meta.get("version") == CAPTURE_VERSION:
+            steps.append(s)
+    if not steps:
+        raise UserError(f"{run_dir} has no captured checkpoint for its probe set; run `hyenalens capture {run_dir}`")
+    pdir = parts_dir(run_dir)
+    todo = [s for s in steps if force or _read_part(pdir / f"step_{s:08d}.json", signature) is None]
+    floor_path = pdir / "floor.json"
+    need_floor = floor and (force or _read_part(floor_path, signature) is None)
+    bar = tqdm(total=len(todo) + int(need_floor), desc=f"probe {run_dir.name}", unit="ckpt",
+               disable=not progress or not (todo or need_floor))
+    if need_floor:
+        bar.set_postfix(step="floor")
+        secs: dict[str, float] = {}
+        rows = evaluate_model(random_init_model(cfg), ps, options=opt, timings=secs)
+        _write_part(floor_path, signature, rows, secs)
+        bar.update()
+    for s in todo:
+        bar.set_postfix(step=s)
+        secs = {}
+        t0 = time.perf_counter()
+        acts, _ = load_step(run_dir, s)
+        model = load_checkpoint_model(run_dir, s, cfg)
+        secs["load"] = time.perf_counter() - t0
+        rows = evaluate_model(model, ps, acts=acts, options=opt, timings=secs)
+        _write_part(pdir / f"step_{s:08d}.json", signature, rows, secs)
+        del acts, model
+        bar.update()
+    bar.close()
+    table = []
+    for s in steps:
+        for r in _read_part(pdir / f"step_{s:08d}.json", signature) or []:
+            table.append(dict(r, step=s))
+    floor_rows = _read_part(floor_path, signature) if floor else None
+    write_metrics_csv(metrics_path(run_dir), table, floor_rows)
+    return metrics_path(run_dir)
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return tuple("" if r.get(k) is None else str(r.get(k)) for k in _KEY)
+
+
+def tidy(rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Rows with every METRIC_COLUMNS key (strings "" and numbers NaN where absent), and the
+    floor joined on (metric, layer, hook, role, target)."""
+    fl = {_key(r): r["value"] for r in floor_rows or []}
+    out = []
+    for r in rows:
+        row = {}
+        for c in METRIC_COLUMNS:
+            v = r.get(c)
+            if c in ("target", "hook", "role", "metric"):
+                row[c] = "" if v is None else str(v)
+            elif c == "floor":
+                row[c] = fl.get(_key(r), float("nan"))
+            elif c in ("step", "layer"):
+                row[c] = -1 if v is None else int(v)
+            else:
+                row[c] = float("nan") if v is None else v
+        out.append(row)
+    out.sort(key=lambda r: (r["step"], r["metric"], r["layer"], r["hook"], r["role"], r["target"]))
+    return out
+
+
+def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None) -> None:
+    from models.io import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in tidy(rows, floor_rows):
+        w.writerow({k: (_fmt(v) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: float) -> str:
+    return "" if math.isnan(v) else repr(float(v))
