@@ -6,7 +6,8 @@ from interp.implicit_attention import implicit_attention, row_normalize
 from interp.scores import (induction_score, map_for_scores, map_scores, prev_token_score,
                            query_mass, recall_score_keys, recall_score_values)
 from interp.attribution import attribution_metrics, attribution_shares, integrated_gradients
-from interp.capture import ProbeSet, capture_model, capture_run, make_probe_set, probe_set_from_data
+from interp.capture import capture_model, capture_run
+from interp.probe_set import ProbeSet, make_probe_set, probe_set_from_data
 from interp.patching import patch_recovery, position_groups
 from interp.probes import control_labels, fit_probe, probe_with_control, run_probes
 from interp.run_metrics import MetricOptions, evaluate_model, probe_run

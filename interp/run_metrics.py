@@ -237,7 +237,9 @@ def probe_run(
     recomputed unless `force`. Returns the path of metrics.csv."""
     from tqdm.auto import tqdm
 
-    from interp.capture import CAPTURE_VERSION, ProbeSet, capture_dir, captured_steps, load_step, read_step_meta, step_file
+    from interp.capture import capture_dir, captured_steps, load_step, read_step_meta, step_file
+
+    from interp.probe_set import CAPTURE_VERSION, ProbeSet
     from interp.run_io import list_checkpoints, load_checkpoint_model, random_init_model, read_run_config
 
     run_dir = Path(run_dir)

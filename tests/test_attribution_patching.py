@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from interp.attribution import attribution_metrics, attribution_shares, integrated_gradients
-from interp.capture import make_probe_set
+from interp.probe_set import make_probe_set
 from interp.patching import POSITION_GROUPS, patch_recovery, position_groups
 from models import build_model
 from models.synthetics import icl_dataset

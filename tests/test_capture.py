@@ -11,7 +11,8 @@ import torch
 
 import interp.capture as capture
 import interp.run_metrics as run_metrics
-from interp.capture import SLOTS, ProbeSet, capture_model, capture_run, make_probe_set, step_file
+from interp.capture import capture_model, capture_run, step_file
+from interp.probe_set import SLOTS, ProbeSet, make_probe_set
 from interp.run_metrics import METRIC_COLUMNS, MetricOptions, probe_run
 from models import build_model
 from models.errors import UserError

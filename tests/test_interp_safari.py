@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.capture import probe_set_from_data
+from interp.probe_set import probe_set_from_data
 from interp.run_metrics import MetricOptions, evaluate_model
 
 SAFARI = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "safari_ar_v10_l64_o2"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.capture import make_probe_set
+from interp.probe_set import make_probe_set
 from interp.probes import control_labels, probe_samples, probe_with_control, run_probes
 from models.synthetics import icl_dataset
 
