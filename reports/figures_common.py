@@ -1,0 +1,137 @@
+"""Shared plumbing for the report's figures: the Agg backend, the seaborn theme, saving PNGs
+atomically, transition bands and checkpoint selection.
+
+Figure functions return a list of `Figure` records (file name relative to the report folder,
+a caption); they raise `FigureSkipped` when an input is missing (the page says which) and any
+other exception when drawing fails (the page says "figure X could not be drawn: reason").
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+import matplotlib.colors as mcolors  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure as MplFigure  # noqa: E402
+
+from models.io import atomic_write_bytes  # noqa: E402
+
+DPI = 100
+ACC_STYLE = {  # curve: (label, color, linestyle)
+    "test_acc_last": ("test acc (last position)", "#1f4e9c", "-"),
+    "train_acc_all": ("train acc (all positions)", "#d1495b", "-"),
+    "train_acc_recallable": ("train acc (recallable)", "#edae49", "-"),
+    "train_acc_last": ("train acc (last position)", "#66a182", "-"),
+}
+CEILING_COLOR = "#555555"
+
+
+class FigureSkipped(Exception):
+    """An input the figure needs is missing; the message says which, in words."""
+
+
+@dataclass
+class Figure:
+    file: str  # relative to the report folder
+    caption: str
+
+
+def new_figure(w: float, h: float) -> MplFigure:
+    """A pyplot-free figure (no global state: safe in any process) with the report theme."""
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
+    return MplFigure(figsize=(w, h), dpi=DPI, layout="constrained")
+
+
+def save(fig: MplFigure, out_dir: Path, name: str, caption: str) -> Figure:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    atomic_write_bytes(Path(out_dir) / name, buf.getvalue())
+    return Figure(name, caption)
+
+
+def shade_transitions(ax, trs: Iterable[dict[str, Any]], color: str, label: str | None = None,
+                      alpha: float = 0.15, x_offset: float = 0.0, zorder: float | None = None) -> None:
+    """Shade onset→end of each transition and mark its midpoint with a dashed line."""
+    z = {} if zorder is None else {"zorder": zorder}
+    for i, t in enumerate(trs or []):
+        if not all(_num(t.get(k)) for k in ("onset", "midpoint", "end")):
+            continue
+        ax.axvspan(max(t["onset"] - x_offset, _xmin(ax)), t["end"] - x_offset, color=color, alpha=alpha, lw=0,
+                   label=(label if i == 0 else None), **z)
+        ax.axvline(t["midpoint"] - x_offset, color=color, lw=1.2, ls="--", alpha=0.9, **z)
+
+
+def _xmin(ax) -> float:
+    return -math.inf if ax.get_xscale() == "linear" else 1e-9
+
+
+def _num(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def use_log_x(ax, steps) -> None:
+    """symlog x so that step 0 (the initial checkpoint) stays on the axis."""
+    steps = np.asarray(list(steps), dtype=float)
+    if steps.size and steps.max() > 20:
+        lin = max(1.0, float(np.min(steps[steps > 0])) if (steps > 0).any() else 1.0)
+        ax.set_xscale("symlog", linthresh=lin, linscale=0.3)
+        # ticks: 0 and the powers of ten past the linear part (none crowding 0)
+        ticks = [0.0] + [10.0 ** k for k in range(0, 12) if 2 * lin <= 10.0 ** k <= steps.max() * 1.5]
+        ax.set_xticks(ticks, ["0"] + [f"$10^{{{int(round(math.log10(t)))}}}$" for t in ticks[1:]])
+
+
+def pick_steps(available: list[int], jump: dict[str, float] | None) -> list[tuple[int, str]]:
+    """(step, label) of init / onset / midpoint / end / final among `available` (nearest in
+    log-step); without a jump: init, two evenly spaced in log-step, final. Repeated steps are
+    merged, their labels joined."""
+    if not available:
+        return []
+    av = np.asarray(sorted(set(int(s) for s in available)), dtype=float)
+    lx = np.log1p(av)
+    want: list[tuple[float, str]] = [(av[0], "init")]
+    if jump:
+        want += [(jump[k], k) for k in ("onset", "midpoint", "end") if _num(jump.get(k))]
+    else:
+        want += [(float(np.expm1(lx[0] + f * (lx[-1] - lx[0]))), f"{int(f * 100)}% log-step") for f in (1 / 3, 2 / 3)]
+    want.append((av[-1], "final"))
+    picked: dict[int, list[str]] = {}
+    for target, label in want:
+        s = int(av[int(np.argmin(np.abs(lx - math.log1p(max(target, 0.0)))))])
+        picked.setdefault(s, []).append(label)
+    return [(s, "=".join(v)) for s, v in sorted(picked.items())]
+
+
+def log_norm(values: np.ndarray, floor_ratio: float = 1e-4) -> mcolors.LogNorm:
+    """A LogNorm over the positive values, spanning at most `1/floor_ratio`."""
+    v = np.asarray(values, dtype=float)
+    pos = v[np.isfinite(v) & (v > 0)]
+    if pos.size == 0:
+        return mcolors.LogNorm(vmin=1e-6, vmax=1.0)
+    vmax = float(pos.max())
+    vmin = max(float(np.percentile(pos, 1)), vmax * floor_ratio)
+    return mcolors.LogNorm(vmin=min(vmin, vmax * 0.999), vmax=vmax)
+
+
+def plain(text: object, n: int | None = None) -> str:
+    """User text (run names, regimes) for a matplotlib label: shortened to n characters from the
+    end, and with `$` escaped so that it is never parsed as mathtext."""
+    t = str(text)
+    if n is not None and len(t) > n:
+        t = "…" + t[-(n - 1):]
+    return t.replace("$", r"\$")
+
+
+def short_hook(h: str) -> str:
+    return h.replace("blocks.", "b").replace("mixer.", "").replace("hook_", "")

@@ -1,0 +1,257 @@
+"""Figures over training time: 1 training curves, 2 circuit-metric timelines aligned to the
+jump, 5 attribution shares by role. They read metrics.jsonl, analysis/metrics.csv and the
+transitions of a `RunData`; nothing is recomputed here."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import transforms
+
+from reports.figures_common import (ACC_STYLE, CEILING_COLOR, Figure, FigureSkipped, new_figure, plain, save,
+                                    shade_transitions, use_log_x)
+from reports.rundata import RunData
+
+# circuit metrics drawn in figure 2, in panel order; probes also draw their control task
+TIMELINE_METRICS = (
+    ("prev_token_score", "prev-token score", "map mass at (i, i−1)"),
+    ("recall_score_values", "recall score (matching values)", "query-row mass"),
+    ("recall_score_keys", "recall score (matching keys)", "query-row mass"),
+    ("filter_lag1_mass", "filter lag-1 mass", "share of |h| at lag ±1"),
+    ("filter_effective_length", "filter effective length", "lags holding 90% of |h|"),
+    ("probe_prev_token", "probe: previous token @ values", "probe accuracy"),
+    ("probe_next_token", "probe: next token @ keys", "probe accuracy"),
+    ("probe_answer", "probe: answer @ query", "probe accuracy"),
+    ("answer_acc", "model's answer accuracy (probe set)", "accuracy"),
+)
+_SKIP_PREFIX = ("attr_", "patch_")
+_SKIP_SUFFIX = ("_control", "_selectivity", "_delta", "_delta_rel")
+
+
+# ------------------------------------------------------------------ figure 1
+def fig_training_curves(runs: list[RunData], regime: str, slug: str, out_dir: Path) -> Figure:
+    """One panel per run of a regime: the accuracy curves, their transition bands (onset→end
+    shaded, midpoint dashed) and the Bayes ceiling of train_acc_all (dashed grey)."""
+    n = len(runs)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = new_figure(max(9.0, 4.6 * cols), 3.4 * rows + 0.8)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for i, rd in enumerate(runs):
+        ax = axes[i // cols][i % cols]
+        m = rd.metrics
+        use_log_x(ax, m["step"])
+        for curve, (label, color, ls) in ACC_STYLE.items():
+            if curve in m.columns and m[curve].notna().any():
+                ax.plot(m["step"], m[curve], color=color, ls=ls, lw=1.6, label=label, marker=".", ms=3)
+                shade_transitions(ax, rd.transitions.get(curve), color,
+                                  label=f"{curve} transition" if curve in ("test_acc_last", "train_acc_all") else None)
+        if "train_acc_all_ceiling" in m.columns and m["train_acc_all_ceiling"].notna().any():
+            ax.plot(m["step"], m["train_acc_all_ceiling"], color=CEILING_COLOR, ls="--", lw=1.2,
+                    label="train acc (all) Bayes ceiling")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("training step (symlog)")
+        ax.set_ylabel("accuracy (fraction correct)")
+        seed = "?" if rd.seed is None else rd.seed
+        none = "" if rd.transitions.get("test_acc_last") else " — no test-acc transition"
+        ax.set_title(f"seed {seed}: {plain(rd.name, 38)}{none}", fontsize=9)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    legend: dict[str, object] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    handles, labels = list(legend.values()), list(legend)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.suptitle(f"Figure 1 — training curves, {plain(regime)} (bands: onset→end; dashed: midpoint)")
+    return save(fig, out_dir, f"fig1_training_curves_{slug}.png",
+                f"Training curves of every {regime} run, with each accuracy transition shaded from onset to "
+                f"end (dashed line: midpoint) and the Bayes ceiling of train_acc_all (grey dashed). "
+                f"Transitions: {'; '.join(sorted({r.transitions_source for r in runs}))}.")
+
+
+# ------------------------------------------------------------------ figure 2
+def _timeline_metrics(circ: pd.DataFrame) -> list[tuple[str, str, str]]:
+    present = set(circ["metric"].unique())
+    out = [m for m in TIMELINE_METRICS if m[0] in present]
+    known = {m[0] for m in TIMELINE_METRICS}
+    for m in sorted(present - known):
+        if not m.startswith(_SKIP_PREFIX) and not m.endswith(_SKIP_SUFFIX):
+            out.append((m, m.replace("_", " "), "value"))
+    return out
+
+
+def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Lines of one metric: per layer, and per hook / direction / order when a layer has
+    several (e.g. the forward and backward filters of a non-causal layer)."""
+    extra = [c for c in ("hook", "target", "direction", "order") if c in df.columns
+             and df.groupby("layer")[c].nunique(dropna=True).max() > 1]
+    out = []
+    for keys, g in df.groupby(["layer", *extra], sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        lab = "all layers" if int(keys[0]) < 0 else f"layer {int(keys[0])}"
+        for c, k in zip(extra, keys[1:]):
+            k = str(k).split(".")[-1].replace("hook_", "")
+            lab += f" {'o' if c == 'order' else ''}{k}"
+        cols = ["value"] + (["floor"] if "floor" in g.columns else [])
+        out.append((lab, g.groupby("step", as_index=False)[cols].mean().sort_values("step")))
+    return out
+
+
+def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
+    circ = rd.circuit
+    if circ is None or circ.empty:
+        raise FigureSkipped("analysis/metrics.csv is missing or empty")
+    metrics = _timeline_metrics(circ)
+    if not metrics:
+        raise FigureSkipped("analysis/metrics.csv has no circuit-metric rows (only attribution/patching)")
+    jump = rd.jump()
+    # aligned to the jump in log-steps (the unit of analysis' lead/lag): early training is not
+    # squeezed against the jump as it is on a linear step axis
+    lm = math.log1p(jump["midpoint"]) if jump else 0.0
+
+    def xf(steps):
+        steps = np.asarray(steps, dtype=float)
+        return np.log1p(np.maximum(steps, 0.0)) - lm if jump else steps
+
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = new_figure(4.8 * cols, 3.5 * rows + 0.7)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    acc = rd.metrics[["step", "test_acc_last"]].dropna() if "test_acc_last" in rd.metrics else None
+    blend = transforms.blended_transform_factory
+    for i, (metric, title, unit) in enumerate(metrics):
+        ax = axes[i // cols][i % cols]
+        df = circ[circ["metric"] == metric]
+        series = _series(df)
+        palette = sns.color_palette("viridis" if len(series) <= 4 else "husl", n_colors=max(2, len(series)))
+        marked = False
+        for j, (lab, g) in enumerate(series):
+            c = palette[j % len(palette)]
+            ax.plot(xf(g["step"]), g["value"], color=c, lw=1.6, marker=".", ms=4, label=lab)
+            if "floor" in g.columns and g["floor"].notna().any():
+                ax.axhline(float(g["floor"].mean()), color=c, ls="-.", lw=0.9, alpha=0.7)
+            for t in metric_transitions(rd.transitions, metric, _layer_of(lab)):
+                ax.plot(xf([t["midpoint"]]), [0.97], marker="v", ms=8, color=c, ls="none", clip_on=False,
+                        transform=blend(ax.transData, ax.transAxes),
+                        label=None if marked else "metric's transition midpoint")
+                marked = True
+            ctl = circ[(circ["metric"] == metric + "_control") & (circ["layer"] == _layer_of(lab))]
+            if len(ctl):
+                cg = ctl.groupby("step", as_index=False)["value"].mean().sort_values("step")
+                ax.plot(xf(cg["step"]), cg["value"], color=c, lw=1.0, ls=":")
+        ax.set_ylabel(unit)
+        ax.set_title(title, fontsize=10)
+        if acc is not None and len(acc):
+            ax2 = ax.twinx()
+            ax2.plot(xf(acc["step"]), acc["test_acc_last"], color="#888888", lw=1.2, alpha=0.7)
+            ax2.set_ylim(-0.03, 1.03)
+            ax2.set_ylabel("test accuracy", color="#888888", fontsize=8)
+            ax2.tick_params(axis="y", colors="#888888", labelsize=7)
+            ax2.grid(False)
+        if jump:
+            on, mid, end = (xf([jump.get(k, jump["midpoint"])])[0] for k in ("onset", "midpoint", "end"))
+            ax.axvspan(on, end, color="#1f4e9c", alpha=0.15, lw=0, label="accuracy jump (onset→end)")
+            ax.axvline(mid, color="#1f4e9c", lw=1.2, ls="--")
+            ax.set_xlabel("log-steps from the jump: ln(1+step) − ln(1+midpoint)", fontsize=8)
+        else:
+            use_log_x(ax, df["step"])
+            ax.set_xlabel("training step (symlog; no accuracy jump detected)")
+        ax.legend(fontsize=6.5, loc="best", framealpha=0.7)
+    for j in range(len(metrics), rows * cols):
+        axes[j // cols][j % cols].set_visible(False)
+    where = (f"aligned to the test-accuracy jump in log-steps (x = 0 at its midpoint, step {jump['midpoint']:.0f}; "
+             f"x = −1 is the step where 1+step is e times smaller; band: onset→end)"
+             if jump else "no accuracy jump detected: absolute steps")
+    fig.suptitle(f"Figure 2 — circuit metrics over training, {plain(rd.name, 50)} ({plain(rd.regime)})")
+    return save(fig, out_dir, f"fig2_circuit_timelines_{rd.slug}.png",
+                f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted: "
+                f"the probe's control task (Hewitt & Liang); dash-dot: the metric on the random-initialized model "
+                f"(floor); ▼: the metric's own transition midpoint (formation.json).")
+
+
+def metric_transitions(transitions: dict, metric: str, layer: int) -> list[dict]:
+    """formation.json transitions of `metric` at `layer`. Curve names follow analysis.formation
+    (`{metric}[_{target}][@L{layer}][/{hook}][:{role}][[control…]]`, e.g. `prev_token_score@L1`);
+    `metric/layer1`-style names are accepted too. Control-task curves and longer metric names
+    (probe_answer_selectivity for probe_answer) are not matched."""
+    out = []
+    for key, trs in transitions.items():
+        if not key.startswith(metric) or "[control" in key:
+            continue
+        rest = key[len(metric):]
+        m = re.match(r"^(?:_(?P<target>[^@/:\[]*))?(?:@L(?P<layer>-?\d+))?", rest)
+        target = m.group("target") or ""
+        if target.startswith(("control", "selectivity", "delta")):
+            continue
+        if m.group("layer") is not None:
+            ok = int(m.group("layer")) == layer
+        elif rest == "":
+            ok = True
+        elif rest[0] in "/@.:[ (|":
+            n = re.search(r"-?\d+", rest)
+            ok = n is not None and int(n.group(0)) == layer
+        else:
+            ok = target != "" and m.end() == len(rest)  # metric_target with no layer
+        if ok:
+            out += [t for t in trs or [] if isinstance(t, dict) and _finite_num(t.get("midpoint"))]
+    return out
+
+
+def _finite_num(x) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _layer_of(label: str) -> int:
+    parts = label.split()
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "layer" and parts[1].lstrip("-").isdigit() else -1
+
+
+# ------------------------------------------------------------------ figure 5
+SHARES = (("attr_share_keys", "matching keys", "#d1495b"), ("attr_share_values", "matching values", "#1f4e9c"),
+          ("attr_share_rest", "rest", "#dddddd"))
+
+
+def fig_attribution(rd: RunData, out_dir: Path) -> Figure:
+    circ = rd.circuit
+    if circ is None:
+        raise FigureSkipped("analysis/metrics.csv is missing")
+    have = [s for s in SHARES if (circ["metric"] == s[0]).any()]
+    if not have:
+        raise FigureSkipped("analysis/metrics.csv has no attr_share_* rows (attribution was not run)")
+    wide = (circ[circ["metric"].isin([s[0] for s in SHARES] + ["attr_share_query", "attr_delta_rel"])]
+            .groupby(["step", "metric"])["value"].mean().unstack("metric").sort_values("step"))
+    fig = new_figure(8.5, 5.0)
+    ax = fig.subplots()
+    steps = wide.index.to_numpy()
+    ys = [wide[s[0]].fillna(0).clip(lower=0).to_numpy() for s in have]
+    ax.stackplot(steps, *ys, labels=[s[1] for s in have], colors=[s[2] for s in have], alpha=0.85)
+    if "attr_share_query" in wide:
+        ax.plot(steps, wide["attr_share_query"], color="black", ls=":", lw=1.8, label="query position (part of rest)")
+    jump = rd.jump()
+    if jump:
+        for k, ls in (("onset", ":"), ("midpoint", "--"), ("end", ":")):
+            if k in jump:
+                ax.axvline(jump[k], color="#7a1f5c", lw=1.4, ls=ls, zorder=3,
+                           label="accuracy jump: midpoint (dashed), onset / end (dotted)" if k == "midpoint" else None)
+    use_log_x(ax, steps)
+    ax.set_xlim(steps.min(), steps.max())
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step (symlog)")
+    ax.set_ylabel("share of |attribution| (fraction)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    ax.set_title(f"Figure 5 — attribution of the answer logit by token role\n{plain(rd.name, 60)} ({plain(rd.regime)})",
+                 fontsize=10)
+    delta = ""
+    if "attr_delta_rel" in wide and wide["attr_delta_rel"].notna().any():
+        delta = f" Integrated-gradients completeness delta (relative): median {wide['attr_delta_rel'].median():.3f}."
+    return save(fig, out_dir, f"fig5_attribution_{rd.slug}.png",
+                "Share of |integrated-gradients attribution| on the token embeddings for the answer logit at "
+                "the query, by role (stacked), across training; purple lines: the accuracy jump." + delta)

@@ -1,0 +1,301 @@
+"""Figures of the mechanism at chosen checkpoints: 3 filter heatmaps (+ the lag profile across
+training), 4 implicit-attention maps of one annotated example, 6 patching recovery.
+
+Filters come from the captures (`capture/step_*.safetensors`, hooks `blocks.{l}.mixer.
+hook_filter[_rev]`), else from the checkpoints. Maps are recomputed for one example through
+`interp.implicit_attention` (token level, channel mean |H|, rows normalized; the real pattern's
+head mean for attention). Patching reads `patch_recovery` rows of analysis/metrics.csv.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import seaborn as sns
+from matplotlib import transforms
+from matplotlib.patches import Rectangle
+
+from reports.figures_common import (Figure, FigureSkipped, log_norm, new_figure, pick_steps, plain, save,
+                                    short_hook)
+from reports.rundata import RunData
+
+_FILTER_RE = re.compile(r"^blocks\.(\d+)\.mixer\.hook_filter(_rev)?$")
+MAX_PROFILE_STEPS = 40
+MAX_ROWS = 6
+ROLE_ORDER = ("query", "match_key", "match_value", "other", "all", "none")
+
+
+# ------------------------------------------------------------------ filters
+def _capture_filters(path: Path) -> dict[int, list[np.ndarray | None]]:
+    """{layer: [forward [N−1, d, L], backward or None]} from one capture file."""
+    from safetensors import safe_open
+
+    out: dict[int, list] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            m = _FILTER_RE.match(k)
+            if m:
+                out.setdefault(int(m.group(1)), [None, None])[1 if m.group(2) else 0] = f.get_tensor(k).float().numpy()
+    return out
+
+
+def _run_config(rd: RunData) -> Any:
+    """The run's validated config object (interp.run_io), read once per run."""
+    if "_run_config" not in rd.cache:
+        from interp.run_io import read_run_config
+
+        rd.cache["_run_config"] = read_run_config(rd.path)
+    return rd.cache["_run_config"]
+
+
+def _checkpoint_filters(rd: RunData, step: int) -> dict[int, list[np.ndarray | None]]:
+    from interp.filters import model_filters
+    from interp.run_io import load_checkpoint_model
+
+    model = load_checkpoint_model(rd.path, step, _run_config(rd))
+    return {l: [lf.forward.float().numpy(), None if lf.backward is None else lf.backward.float().numpy()]
+            for l, lf in enumerate(model_filters(model))}
+
+
+def _filters_source(rd: RunData) -> tuple[list[int], Any, str]:
+    if rd.kind == "attention":
+        raise FigureSkipped("attention runs have no long convolution filters")
+    if rd.captured:
+        return rd.captured, lambda s: _capture_filters(rd.path / "capture" / f"step_{s:08d}.safetensors"), "captures"
+    if rd.checkpoints:
+        return rd.checkpoints, lambda s: _checkpoint_filters(rd, s), "checkpoints (no captures)"
+    raise FigureSkipped("the run has neither captures nor checkpoints to read filters from")
+
+
+def _matrix(ax, data: np.ndarray, norm, cmap: str, extent: tuple) -> None:
+    """A dense heatmap (imshow: one image per panel, far cheaper to draw than a cell mesh) in a
+    seaborn colormap, cells centered on integer coordinates."""
+    ax.imshow(data, norm=norm, cmap=sns.color_palette(cmap, as_cmap=True), aspect="auto",
+              interpolation="nearest", extent=extent)
+    ax.grid(False)
+
+
+def two_sided(fwd: np.ndarray, bwd: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(|h| [..., d, lags], lag values): backward lags −(L−1)…−1 then forward 0…L−1."""
+    L = fwd.shape[-1]
+    if bwd is None:
+        return np.abs(fwd), np.arange(L)
+    return np.abs(np.concatenate([bwd[..., :0:-1], fwd], axis=-1)), np.arange(-(L - 1), L)
+
+
+def fig_filters(rd: RunData, out_dir: Path) -> list[Figure]:
+    steps, read, source = _filters_source(rd)
+    picks = pick_steps(steps, rd.jump())
+    data = {s: read(s) for s, _ in picks}
+    layers = sorted(data[picks[0][0]])
+    if not layers:
+        raise FigureSkipped(f"no blocks.*.mixer.hook_filter found in the {source}")
+    order_m1 = data[picks[0][0]][layers[0]][0].shape[0]
+    rows = [(l, o) for l in layers for o in range(order_m1)][:MAX_ROWS]
+    mats = {(s, l, o): two_sided(data[s][l][0][o], None if data[s][l][1] is None else data[s][l][1][o])
+            for s, _ in picks for l, o in rows}
+    norm = log_norm(np.concatenate([m[0].ravel() for m in mats.values()]))
+    fig = new_figure(3.3 * len(picks) + 1.2, 2.9 * len(rows) + 0.8)
+    axes = fig.subplots(len(rows), len(picks), squeeze=False, sharex=True, sharey=True)
+    for r, (l, o) in enumerate(rows):
+        for c, (s, label) in enumerate(picks):
+            ax = axes[r][c]
+            absh, lags = mats[(s, l, o)]
+            _matrix(ax, absh, norm, "magma", (lags[0] - 0.5, lags[-1] + 0.5, absh.shape[0] - 0.5, -0.5))
+            if lags[0] < 0:
+                ax.axvline(0, color="cyan", lw=0.8, ls=":")
+            ax.set_title(f"{label}: step {s}" + (f"\nlayer {l}" + (f", h^{o}" if order_m1 > 1 else "")), fontsize=9)
+            ax.set_xlabel("lag" if r == len(rows) - 1 else "")
+            ax.set_ylabel("channel" if c == 0 else "")
+            ax.tick_params(labelsize=7)
+            ax.label_outer()
+    cb = fig.colorbar(axes[0][0].images[0], ax=axes, shrink=0.8, pad=0.01)
+    cb.set_label("|h[channel, lag]| (log scale)")
+    fig.suptitle(f"Figure 3a — long-filter magnitudes at key checkpoints, {plain(rd.name, 50)} ({plain(rd.regime)})")
+    first = save(fig, out_dir, f"fig3_filters_{rd.slug}.png",
+                 f"|h| per channel and lag (log color scale) at init / jump onset / midpoint / end / final "
+                 f"(nearest stored checkpoint), per layer; from the {source}."
+                 + (" Negative lags: the backward (non-causal) filter; dotted line: lag 0." if not rd.causal else ""))
+    return [first, _fig_lag_profile(rd, steps, read, layers, source, out_dir)]
+
+
+def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], source: str, out_dir: Path) -> Figure:
+    idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), MAX_PROFILE_STEPS)).round().astype(int))
+    sel = [steps[i] for i in idx]
+    prof: dict[int, list[np.ndarray]] = {l: [] for l in layers}
+    lags = None
+    for s in sel:
+        d = read(s)
+        for l in layers:
+            absh, lags = two_sided(d[l][0], d[l][1])
+            p = absh.mean(axis=(0, 1))  # over order entries and channels
+            prof[l].append(p / p.sum() if p.sum() > 0 else p)
+    norm = log_norm(np.concatenate([np.stack(v).ravel() for v in prof.values()]))
+    fig = new_figure(5.0 * len(layers) + 1.2, max(3.4, 0.13 * len(sel) + 2.4))
+    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)[0]
+    for ax, l in zip(axes, layers):
+        _matrix(ax, np.stack(prof[l]), norm, "viridis", (lags[0] - 0.5, lags[-1] + 0.5, len(sel) - 0.5, -0.5))
+        yt = np.unique(np.linspace(0, len(sel) - 1, min(len(sel), 10)).round().astype(int))
+        ax.set_yticks(yt, [str(sel[i]) for i in yt])
+        ax.set_title(f"layer {l}", fontsize=10)
+        ax.set_xlabel("lag")
+        ax.set_ylabel("training step" if l == layers[0] else "")
+        ax.tick_params(labelsize=7)
+        jump = rd.jump()
+        if jump:
+            y = int(np.argmin(np.abs(np.log1p(sel) - math.log1p(jump["midpoint"]))))
+            ax.axhline(y, color="white", lw=1.0, ls="--")
+    cb = fig.colorbar(axes[0].images[0], ax=list(axes), shrink=0.9, pad=0.01)
+    cb.set_label("share of Σ|h| at the lag (log)")
+    fig.suptitle(f"Figure 3b — lag profile across training, {plain(rd.name, 50)} ({plain(rd.regime)})")
+    return save(fig, out_dir, f"fig3_lag_profile_{rd.slug}.png",
+                f"Lag profile mean_c |h_c[lag]| normalized to sum 1, per stored step (rows; white dashed: the "
+                f"step nearest the accuracy-jump midpoint), per layer; from the {source}.")
+
+
+# ------------------------------------------------------------------ implicit attention
+def _example(rd: RunData) -> tuple[Any, dict[str, np.ndarray], str]:
+    """One annotated example: (tokens [1, L], {role: positions}, where it came from)."""
+    import torch
+
+    pset = rd.path / "capture" / "probe_set.safetensors"
+    if pset.is_file():
+        from interp.probe_set import ProbeSet
+
+        ps = ProbeSet.load(pset)
+        row = int(ps.circuit_idx[0]) if len(ps.circuit_idx) else 0
+        tokens = ps.inputs[row:row + 1]
+        roles = {k: np.nonzero(v[row].numpy())[0] for k, v in ps.roles.items()}
+        roles["query"] = np.array([int(ps.qpos[row])])
+        return tokens, roles, f"probe-set row {row}"
+    if not rd.config:
+        raise FigureSkipped("no probe set and no config.yaml to regenerate an example from")
+    from interp.run_io import run_test_split
+
+    inputs, _, r = run_test_split(_run_config(rd))
+    tokens = inputs[0:1].to(torch.int64)
+    roles = {k: np.nonzero(getattr(r, k)[0].numpy())[0] for k in
+             ("key", "value", "query", "match_key", "match_value", "trigger", "copy")}
+    roles["query"] = roles["query"][-1:]
+    return tokens, roles, "test-split row 0 (no probe set captured)"
+
+
+def _annotate(ax, roles: dict[str, np.ndarray], L: int, x_labels: bool = True, y_labels: bool = True) -> None:
+    """Labeled ticks at the matching key/value and query positions on both axes; a rug of all
+    key (red) / value (blue) positions above the map."""
+    lab = {}
+    for role, t in (("match_key", "K"), ("match_value", "V"), ("trigger", "T"), ("copy", "C"), ("query", "q")):
+        for p in roles.get(role, []):
+            lab[int(p)] = t
+    ticks = sorted(lab)
+    for set_ticks, set_labels in ((ax.set_xticks, ax.set_xticklabels), (ax.set_yticks, ax.set_yticklabels)):
+        set_ticks(ticks)
+        set_labels([lab[p] for p in ticks], fontsize=7)
+    ax.tick_params(labelbottom=x_labels, labelleft=y_labels)
+    colors = {"K": "#d1495b", "V": "#1f4e9c", "q": "#2a9d2a", "T": "#d1495b", "C": "#1f4e9c"}
+    for t in ax.get_xticklabels() + ax.get_yticklabels():
+        t.set_color(colors.get(t.get_text(), "black"))
+        t.set_fontweight("bold")
+    for q in roles.get("query", []):  # outline the query row: its mass on V / K is the recall score
+        ax.add_patch(Rectangle((-0.5, int(q) - 0.5), L, 1, fill=False, ec="#2a9d2a", lw=1.2, clip_on=False))
+    tr = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for role, c in (("key", "#d1495b"), ("value", "#1f4e9c")):
+        pos = roles.get(role, np.array([]))
+        ax.scatter(np.asarray(pos), np.full(len(pos), 1.02), marker="|", s=25, color=c, transform=tr,
+                   clip_on=False, lw=1.0)
+
+
+def fig_implicit_attention(rd: RunData, out_dir: Path) -> Figure:
+    if not rd.checkpoints:
+        raise FigureSkipped("no checkpoints/ to recompute the maps from")
+    import torch
+
+    from interp import implicit_attention
+    from interp.run_io import load_checkpoint_model
+
+    tokens, roles, src = _example(rd)
+    picks = pick_steps(rd.checkpoints, rd.jump())
+    maps: dict[tuple[int, int], np.ndarray] = {}
+    n_layers = None
+    for s, _ in picks:
+        model = load_checkpoint_model(rd.path, s, _run_config(rd))
+        n_layers = len(model.blocks) if hasattr(model, "blocks") else int(model.cfg.n_layers)
+        for l in range(min(n_layers, MAX_ROWS)):
+            with torch.no_grad():
+                m = implicit_attention(model, tokens, l, level="token", aggregate="mean_abs", normalize_rows=True)
+            maps[(s, l)] = np.abs(m[0].double().numpy())
+    layers = list(range(min(n_layers or 0, MAX_ROWS)))
+    L = tokens.shape[1]
+    is_attn = rd.kind == "attention"
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=1e-3, vmax=1.0)
+    fig = new_figure(3.0 * len(picks) + 1.4, 3.3 * len(layers) + 1.0)
+    axes = fig.subplots(len(layers), len(picks), squeeze=False)
+    for r, l in enumerate(layers):
+        for c, (s, label) in enumerate(picks):
+            ax = axes[r][c]
+            _matrix(ax, np.clip(maps[(s, l)], 1e-3, 1.0), norm, "rocket_r", (-0.5, L - 0.5, L - 0.5, -0.5))
+            _annotate(ax, roles, L, x_labels=r == len(layers) - 1, y_labels=c == 0)
+            ax.set_title(f"{label}: step {s}\nlayer {l}", fontsize=9, pad=8)
+            ax.set_xlabel("source position j" if r == len(layers) - 1 else "")
+            ax.set_ylabel("query position i" if c == 0 else "")
+    cb = fig.colorbar(axes[0][0].images[0], ax=axes, shrink=0.8, pad=0.01)
+    cb.set_label("attention weight (head mean)" if is_attn else "row-normalized mean_c |H_c| (share of row, log scale)")
+    what = "attention pattern (head mean)" if is_attn else "implicit attention H(u), token level"
+    fig.suptitle(f"Figure 4 — {what}, one example, {plain(rd.name, 40)} ({plain(rd.regime)})")
+    return save(fig, out_dir, f"fig4_implicit_attention_{rd.slug}.png",
+                f"{what} of one example ({src}) at init / jump onset / midpoint / end / final, per layer; rows "
+                f"are query positions i, columns sources j. Ticks: K = matching key, V = matching value, "
+                f"q = query (its row outlined in green; IH: T trigger, C copy); rug above each map: every key "
+                f"(red) and value (blue) position.")
+
+
+# ------------------------------------------------------------------ patching
+def _hook_key(h: str) -> tuple:
+    m = re.match(r"^blocks\.(\d+)\.(.*)$", h)
+    return (int(m.group(1)), m.group(2)) if m else (-1 if "embed" in h else 10 ** 6, h)
+
+
+def fig_patching(rd: RunData, out_dir: Path) -> Figure:
+    circ = rd.circuit
+    if circ is None:
+        raise FigureSkipped("analysis/metrics.csv is missing")
+    df = circ[circ["metric"] == "patch_recovery"]
+    if df.empty:
+        raise FigureSkipped("analysis/metrics.csv has no patch_recovery rows (patching was not run)")
+    steps = sorted(df["step"].unique().tolist())
+    jump = rd.jump()
+    if jump:
+        mid = min(steps, key=lambda s: abs(math.log1p(s) - math.log1p(jump["midpoint"])))
+        mid_label = f"mid-transition (step {mid}; jump midpoint {jump['midpoint']:.0f})"
+    else:
+        mid = steps[len(steps) // 2]
+        mid_label = f"middle stored step {mid} (no accuracy jump detected)"
+    panels = [(mid, mid_label)] + ([(steps[-1], f"final (step {steps[-1]})")] if steps[-1] != mid else [])
+    hooks = sorted(df["hook"].unique().tolist(), key=_hook_key)
+    roles = [r for r in ROLE_ORDER if r in set(df["role"])] + sorted(set(df["role"]) - set(ROLE_ORDER))
+    fig = new_figure(1.0 + 1.0 * len(roles) * len(panels) + 1.5, 0.32 * len(hooks) + 2.0)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (s, label) in zip(axes, panels):
+        piv = (df[df["step"] == s].groupby(["hook", "role"])["value"].mean().unstack("role")
+               .reindex(index=hooks, columns=roles))
+        piv.index = [short_hook(h) for h in piv.index]
+        sns.heatmap(piv, ax=ax, cmap="vlag", center=0.0, vmin=-1.0, vmax=1.0, annot=True, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cbar=False, linewidths=0.5, linecolor="white")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("patched positions (role)")
+        ax.set_ylabel("hook" if ax is axes[0] else "")
+        ax.tick_params(labelsize=7)
+    cb = fig.colorbar(axes[0].collections[0], ax=list(axes), shrink=0.8, pad=0.01)
+    cb.set_label("recovery (fraction of LD restored)")
+    fig.suptitle(f"Figure 6 — activation-patching recovery, {plain(rd.name, 40)} ({plain(rd.regime)})")
+    return save(fig, out_dir, f"fig6_patching_{rd.slug}.png",
+                "Recovery of the clean-vs-corrupted logit difference when one hook is patched from the clean "
+                "run at the positions of one role (corrupted run: q replaced by another key of the context); "
+                "recovery = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), LD the clean-minus-corrupted "
+                "answer logit difference at the query: 1 = fully restored, 0 = no effect; color clipped to "
+                "[−1, 1], numbers exact.")

@@ -1,0 +1,229 @@
+"""`hyenalens report RUN_DIR... --out DIR`: the self-contained HTML report and its summary.json.
+
+    write_report(["runs/sweep"], "report/")  →  report/index.html, report/summary.json, report/*.png
+
+The page opens with the regime summary table (means with 95% bootstrap CIs and their n) and the
+seed claim's verdict in one sentence; then the figures (1: training curves per regime; 2–6 for
+one representative run per regime — the lowest seed — or for every run with `detail="all"`;
+7: the regime comparison), the configs and the provenance. Each figure is drawn on its own: a
+failure is written into the page ("figure X could not be drawn: reason") and into summary.json,
+and the other figures still appear. Missing optional inputs are listed per run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from models.errors import UserError
+from reports import html as H
+from reports.rundata import RunData, discover_runs, load_run, slugify
+from reports.summary import (key_curves, load_group, regime_key, regime_rank, regime_summary, run_numbers,
+                             seed_claim, short_curve, steps_to)
+
+DETAIL = ("first", "all")
+
+
+class _Figures:
+    """Runs figure functions one by one, keeping the page's HTML and the summary's records."""
+
+    def __init__(self, out_dir: Path, progress: bool):
+        self.out_dir, self.progress, self.records = out_dir, progress, []
+
+    def draw(self, label: str, fn: Callable, *args) -> str:
+        from reports.figures_common import FigureSkipped
+
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():  # library deprecation chatter (seaborn → matplotlib)
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                res = fn(*args, self.out_dir)
+            figs = res if isinstance(res, list) else [res]
+            for f in figs:
+                self.records.append({"figure": label, "status": "ok", "file": f.file, "caption": f.caption})
+            out = "".join(H.figure(f.file, f.caption, f"{label}: {f.caption[:80]}") for f in figs)
+        except FigureSkipped as e:
+            self.records.append({"figure": label, "status": "skipped", "reason": str(e)})
+            out = H.fig_problem(label, str(e), skipped=True)
+        except Exception as e:  # noqa: BLE001 - one figure's failure never loses the others
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.records.append({"figure": label, "status": "error", "reason": reason,
+                                 "traceback": traceback.format_exc(limit=4)})
+            out = H.fig_problem(label, reason, skipped=False)
+        if self.progress:
+            print(f"report: {label}: {self.records[-1]['status']} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        return out
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = "first",
+                 progress: bool = False, group: dict[str, Any] | str | Path | None = None) -> dict[str, Any]:
+    """Write DIR/index.html, DIR/summary.json and the figure PNGs; return the summary.
+
+    `group`: analysis.formation.analyze_group's output (a dict, or its JSON file); by default a
+    JSON with a top-level `groups` mapping in a folder argument (or its analysis/) is used."""
+    from models.io import atomic_write_json, atomic_write_text
+
+    if detail not in DETAIL:
+        raise UserError(f"detail {detail!r} is unknown; use one of {', '.join(DETAIL)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory; choose another path")
+    runs = [load_run(p, name) for p, name in discover_runs(list(run_dirs))]
+    runs.sort(key=lambda r: (regime_rank(regime_key(r, runs)), r.seed is None, r.seed or 0, r.name))
+    out.mkdir(parents=True, exist_ok=True)
+    numbers = [run_numbers(r) for r in runs]
+    keys = [regime_key(r, runs) for r in runs]
+    group, group_note = load_group(group, list(run_dirs))
+    regimes = regime_summary(numbers, keys, group)
+    claim = seed_claim(regimes)
+
+    from reports.figures_compare import fig_comparison
+    from reports.figures_curves import fig_attribution, fig_circuit_timelines, fig_training_curves
+    from reports.figures_maps import fig_filters, fig_implicit_attention, fig_patching
+
+    figs = _Figures(out, progress)
+    by_regime = {k: [r for r, kk in zip(runs, keys) if kk == k] for k in regimes}
+    parts = ["<h2 id=\"figures\">Figures</h2>", "<h3>Figure 1 — training curves</h3>"]
+    for k, rs in by_regime.items():
+        parts.append(figs.draw(f"figure 1 ({k})", fig_training_curves, rs, k, slugify(k)))
+    for k, rs in by_regime.items():
+        chosen = sorted(rs, key=lambda r: (r.seed is None, r.seed or 0, r.name))
+        for rd in (chosen if detail == "all" else chosen[:1]):
+            parts.append(f"<h3>{H.esc(k)} — run {H.esc(rd.name)} (seed {H.esc(rd.seed)})</h3>")
+            for label, fn in (("figure 2", fig_circuit_timelines), ("figure 3", fig_filters),
+                              ("figure 4", fig_implicit_attention), ("figure 5", fig_attribution),
+                              ("figure 6", fig_patching)):
+                parts.append(figs.draw(f"{label} ({rd.name})", fn, rd))
+    parts.append("<h3>Figure 7 — regimes compared</h3>")
+    parts.append(figs.draw("figure 7", fig_comparison, regimes))
+
+    summary = {
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "runs": numbers, "regimes": regimes, "seed_claim": claim, "figures": figs.records,
+        "notes": {r.name: r.notes for r in runs}, "statistics_source": group_note,
+        "paths": {r.name: str(r.path) for r in runs},
+    }
+    atomic_write_json(out / "summary.json", _finite_json(summary))
+    body = _head(runs, regimes, claim, group_note) + "".join(parts) + _configs(runs) + _provenance(runs)
+    atomic_write_text(out / "index.html", H.page("HyenaLens report", body))
+    return summary
+
+
+def _finite_json(o: Any) -> Any:
+    """NaN / inf → None, so that summary.json is strict JSON; tuples → lists."""
+    if isinstance(o, dict):
+        return {str(k): _finite_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_json(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):  # numpy scalars
+        return _finite_json(o.item())
+    return o
+
+
+# ------------------------------------------------------------------ sections
+def _head(runs: list[RunData], regimes: dict[str, Any], claim: dict[str, Any], group_note: str | None) -> str:
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    p = [f"<h1>HyenaLens report</h1><p class=\"note\">{len(runs)} run(s) in {len(regimes)} regime(s); "
+         f"generated {H.esc(when)}.</p>", "<h2 id=\"summary\">Summary</h2>"]
+    rows = []
+    for k, s in regimes.items():
+        nr = s["steps_to_99"].get("not_reached", 0)
+        rows.append([
+            H.esc(k), H.esc(f"{s['n_runs']} (seeds {', '.join(str(x) for x in s['seeds'])})"),
+            H.fmt_stat(s["midpoint_test_acc_last"]), H.fmt_stat(s["midpoint_train_acc_all"]),
+            H.fmt_stat(s["midpoint_train_acc_recallable"]),
+            H.fmt_stat(s["offset_train_acc_all_steps"], signed=True),
+            H.fmt_stat(s["offset_train_acc_all_log_steps"], digits=2, signed=True),
+            (H.esc(f"not reached (0 of {s['n_runs']} runs)") if s["steps_to_99"]["n"] == 0 else
+             H.fmt_stat(s["steps_to_99"]) + (H.esc(f"; not reached: {nr}") if nr else "")),
+            H.fmt_stat(s["final_test_acc_last"], digits=3),
+            H.fmt_stat(s["final_train_acc_all"], digits=3) + " / " + H.fmt_stat(s["final_train_acc_all_ceiling"], digits=3),
+        ] + ([H.esc(s.get("mechanism") or "–")] if any(x.get("mechanism") for x in regimes.values()) else []))
+    mech = ["mechanism"] if any(x.get("mechanism") for x in regimes.values()) else []
+    p.append(H.table(["regime", "runs", "jump midpoint: test_acc_last (step)", "train_acc_all midpoint",
+                      "train_acc_recallable midpoint", "offset train_all − test (steps)",
+                      "offset (log-steps)", "steps to 99% test acc", "final test acc",
+                      "final train acc (all) / ceiling", *mech], rows, num_cols=range(2, 10)))
+    p.append("<p class=\"note\">Cells: mean [95% bootstrap CI over runs] (n = runs with a value; no CI for n = 1). "
+             "Midpoints and offsets come from the largest transition of each curve; log-steps are ln(step+1); "
+             "the final train accuracy (all positions) is read against its Bayes ceiling."
+             + (" With fewer than 5 runs a bootstrap CI is too narrow: read it as a range of the runs."
+                if any(0 < s["n_runs"] < 5 for s in regimes.values()) else "") + "</p>")
+    p.append(f"<p class=\"verdict\" id=\"seed-claim\">{H.esc(claim['sentence'])}</p>")
+    if group_note:
+        p.append(f"<p class=\"note\">{H.esc(group_note)}</p>")
+    curves = key_curves(regimes, limit=8)
+    if curves:
+        lrows = [[H.esc(k)] + [H.fmt_stat((s["lead_lag"].get(c) or {}).get("log_steps"), digits=2, signed=True)
+                               for c in curves] for k, s in regimes.items()]
+        p.append("<h3>Lead / lag vs the accuracy jump</h3>"
+                 + H.table(["regime"] + [short_curve(c) for c in curves], lrows, num_cols=range(1, len(curves) + 1))
+                 + "<p class=\"note\">Each curve's midpoint − the test_acc_last jump midpoint, in log-steps "
+                   "(negative: the curve moves first), mean [95% CI] (n).</p>")
+    # per-run table
+    rrows = []
+    for r in runs:
+        j = r.jump() or {}
+        s99 = steps_to(r)
+        rrows.append([H.esc(r.name), H.esc(r.regime), H.esc(r.task), H.esc(r.seed),
+                      H.num(j.get("onset")), H.num(j.get("midpoint")), H.num(j.get("end")),
+                      H.esc("not reached" if s99 is None else f"{s99:,}"),
+                      H.num(r.metrics["test_acc_last"].iloc[-1] if "test_acc_last" in r.metrics else None, 3),
+                      H.esc(len(r.transitions.get("test_acc_last") or []))])
+    p.append("<h3>Runs</h3>" + H.table(["run", "regime", "task", "seed", "jump onset", "jump midpoint", "jump end",
+                                        "steps to 99%", "final test acc", "# test transitions"], rrows,
+                                       num_cols=range(3, 10)))
+    miss = [f"<li><b>{H.esc(r.name)}</b>: {'; '.join(H.esc(n) for n in r.notes)}</li>" for r in runs if r.notes]
+    if miss:
+        p.append("<h3>Missing inputs</h3><ul class=\"missing\">" + "".join(miss) + "</ul>")
+    return "".join(p)
+
+
+def _configs(runs: list[RunData]) -> str:
+    p = ["<h2 id=\"configs\">Configs</h2>"]
+    for r in runs:
+        p.append(H.details(f"{r.name} — {r.regime}, seed {r.seed}",
+                           H.pre_yaml(r.config) if r.config else "<p class=\"missing\">config.yaml is missing</p>"))
+    return "".join(p)
+
+
+def _find(d: Any, names: tuple[str, ...]) -> Any:
+    """The first value under any of `names`, searching nested dicts breadth-first."""
+    todo = [d]
+    while todo:
+        cur = todo.pop(0)
+        if isinstance(cur, dict):
+            for n in names:
+                if n in cur and not isinstance(cur[n], dict):
+                    return cur[n]
+            todo += [v for v in cur.values() if isinstance(v, dict)]
+    return None
+
+
+def _provenance(runs: list[RunData]) -> str:
+    rows = []
+    for r in runs:
+        info = r.run_info or {}
+        versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
+        ver = ", ".join(f"{k} {v}" for k, v in versions.items()) or ", ".join(
+            f"{k} {info[k]}" for k in ("hyenalens", "torch", "python") if k in info and not isinstance(info[k], dict))
+        g = info.get("git")
+        git = (f"{g.get('revision')}{' (dirty)' if g.get('dirty') else ''}" if isinstance(g, dict)
+               else g if g is not None else _find(info, ("git_revision", "git_rev", "revision", "commit")))
+        overlap = _find(info, ("overlap", "train_test_overlap", "overlap_count"))
+        rows.append([H.esc(r.name), H.esc(info.get("seed", r.seed)), H.esc(git if git is not None else "unknown"),
+                     H.esc(ver or "unknown"), H.esc("unknown" if overlap is None else overlap), H.esc(str(r.path))])
+    p = ["<h2 id=\"provenance\">Provenance</h2>",
+         H.table(["run", "seed", "git revision", "versions", "train/test overlap", "path"], rows)]
+    for r in runs:
+        if r.run_info:
+            p.append(H.details(f"run.json — {r.name}", H.pre_json(r.run_info)))
+    return "".join(p)
