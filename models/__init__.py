@@ -1,14 +1,30 @@
 """HyenaLens models layer: synthetic data, the hooked Hyena operator and LM, the
 TransformerLens attention baseline, training and checkpoints.
 
-Importing it never imports matplotlib, seaborn, sklearn or captum.
+Names are resolved lazily (PEP 562), so `import models.errors` or `models.io` does not pay
+for torch and transformer-lens. Importing it never imports matplotlib, seaborn, sklearn or
+captum.
 """
-from models.build import build_model, model_kind
-from models.errors import UserError
-from models.hyena import HyenaOperator
-from models.lm import HyenaConfig, HyenaLM
-from models.mqar import mqar_dataset
-from models.synthetics import ICLData, Roles, icl_dataset, train_acc_all_ceiling
+from __future__ import annotations
 
-__all__ = ["HyenaConfig", "HyenaLM", "HyenaOperator", "ICLData", "Roles", "UserError", "build_model",
-           "icl_dataset", "model_kind", "mqar_dataset", "train_acc_all_ceiling"]
+import importlib
+
+_EXPORTS = {
+    "HyenaConfig": "models.lm", "HyenaLM": "models.lm", "HyenaOperator": "models.hyena",
+    "build_model": "models.build", "model_kind": "models.build", "UserError": "models.errors",
+    "ICLData": "models.synthetics", "Roles": "models.synthetics", "icl_dataset": "models.synthetics",
+    "train_acc_all_ceiling": "models.synthetics", "mqar_dataset": "models.mqar",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'models' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

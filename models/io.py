@@ -10,11 +10,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Iterable
 
 from models.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported lazily so analysis can use these helpers cheaply
+    from torch import Tensor
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -104,7 +105,7 @@ def rewrite_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) ->
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, Tensor):
+    if hasattr(o, "tolist") and hasattr(o, "dim"):  # a torch tensor (torch is imported lazily)
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
