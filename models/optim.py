@@ -1,0 +1,152 @@
+"""AdamW with safari's weight-decay groups, the learning-rate schedule, and optimizer state
+as safetensors (never pickle).
+
+Weight decay is 0 on the implicit-filter parameters (names containing `filter_fn`), biases,
+norms (every parameter with fewer than 2 dims), and positional embeddings (`pos_emb`,
+`pos_embed`). Names are the module's `state_dict` names, which are the clean TransformerLens
+names for the attention baseline too (its `named_parameters` carry `_original_component`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from models.config import OptimizerConfig, ScheduleConfig
+from models.errors import UserError
+
+NO_DECAY_NAME_PARTS = ("filter_fn", "pos_emb")  # pos_emb also matches pos_embed
+
+
+def named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(state_dict name, parameter) for every trainable parameter, in module order."""
+    names = {id(v): k for k, v in model.state_dict(keep_vars=True).items()}
+    out = []
+    for raw_name, p in model.named_parameters():
+        if p.requires_grad:
+            out.append((names.get(id(p), raw_name), p))
+    return out
+
+
+def decays(name: str, p: Tensor) -> bool:
+    return p.ndim >= 2 and not any(part in name for part in NO_DECAY_NAME_PARTS)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    params = named_params(model)
+    decay = [p for n, p in params if decays(n, p)]
+    no_decay = [p for n, p in params if not decays(n, p)]
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def no_decay_names(model: nn.Module) -> list[str]:
+    return [n for n, p in named_params(model) if not decays(n, p)]
+
+
+class AdamW:
+    """AdamW (Loshchilov & Hutter), the same arithmetic as `torch.optim.AdamW(foreach=False)`
+    (a test checks bit equality). Hand-written because constructing a torch optimizer
+    imports torch._dynamo, which costs seconds per process on a small CPU.
+
+    State: one step count and, per parameter, `exp_avg` and `exp_avg_sq` (plain tensors, so
+    they save to safetensors as they are)."""
+
+    def __init__(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.param_groups = [dict(g, lr=lr) for g in groups]
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), eps
+        self.step_count = 0
+        self.exp_avg: dict[int, Tensor] = {}
+        self.exp_avg_sq: dict[int, Tensor] = {}
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self) -> None:
+        for p in self.params():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        bias_correction1 = 1 - beta1 ** float(self.step_count)
+        bias_correction2_sqrt = (1 - beta2 ** float(self.step_count)) ** 0.5
+        i = 0
+        for g in self.param_groups:
+            lr, wd = g["lr"], g["weight_decay"]
+            for p in g["params"]:
+                if p.grad is not None:
+                    grad = p.grad
+                    if i not in self.exp_avg:
+                        self.exp_avg[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        self.exp_avg_sq[i] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    m, v = self.exp_avg[i], self.exp_avg_sq[i]
+                    p.mul_(1 - lr * wd)
+                    m.lerp_(grad, 1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
+                    p.addcdiv_(m, denom, value=-(lr / bias_correction1))
+                i += 1
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> AdamW:
+    return AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, total: int, cfg: ScheduleConfig) -> float:
+    """Multiplier of the base lr for the update at `step` (0-based), as transformers'
+    get_{linear,cosine}_schedule_with_warmup: linear warmup over round(warmup · total) steps,
+    then linear (or half-cosine) decay to 0 at `total`, or constant."""
+    warm = round(cfg.warmup * total)
+    if step < warm:
+        return step / max(1, warm)
+    if cfg.decay == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.decay == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return max(0.0, 1.0 - progress)
+
+
+def set_lr(opt: AdamW, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def optimizer_tensors(opt: AdamW) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Flat tensors `opt.{param index}.exp_avg[_sq]` and JSON-able facts to check on load."""
+    tensors: dict[str, Tensor] = {}
+    for i in sorted(opt.exp_avg):
+        tensors[f"opt.{i}.exp_avg"] = opt.exp_avg[i]
+        tensors[f"opt.{i}.exp_avg_sq"] = opt.exp_avg_sq[i]
+    meta = {"type": "AdamW", "step_count": opt.step_count,
+            "group_sizes": [len(g["params"]) for g in opt.param_groups]}
+    return tensors, meta
+
+
+def load_optimizer_tensors(opt: AdamW, tensors: dict[str, Tensor], meta: dict[str, Any], source: str) -> None:
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    if meta.get("group_sizes") != sizes or meta.get("type") != "AdamW":
+        raise UserError(f"{source} holds optimizer state for another model ({meta.get('group_sizes')} "
+                        f"parameters per group, this model has {sizes}); it belongs to a different run")
+    params = opt.params()
+    exp_avg: dict[int, Tensor] = {}
+    exp_avg_sq: dict[int, Tensor] = {}
+    for key, v in tensors.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "opt" or parts[2] not in ("exp_avg", "exp_avg_sq") or not parts[1].isdigit():
+            raise UserError(f"{source} has an unexpected entry {key!r}; it is not a HyenaLens resume state")
+        i = int(parts[1])
+        if i >= len(params) or v.shape != params[i].shape:
+            raise UserError(f"{source}: optimizer state {i} does not fit this model's parameters; "
+                            "it belongs to a different run")
+        (exp_avg if parts[2] == "exp_avg" else exp_avg_sq)[i] = v.to(device=params[i].device, dtype=params[i].dtype)
+    if set(exp_avg) != set(exp_avg_sq):
+        raise UserError(f"{source} is incomplete (moments missing); delete the run directory and retrain")
+    opt.exp_avg, opt.exp_avg_sq = exp_avg, exp_avg_sq
+    opt.step_count = int(meta.get("step_count", 0))
