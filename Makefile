@@ -16,7 +16,7 @@ $(BIN)/hyenalens: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(BIN)/hyenalens
-	$(BIN)/hyenalens smoke
+	$(BIN)/hyenalens demo
 
 test: $(BIN)/hyenalens
 	$(BIN)/python -m pytest -q

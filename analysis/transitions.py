@@ -195,6 +195,10 @@ def detect_transitions(steps, values, *, min_rise=DEFAULTS["min_rise"],
 
     sig_n = max(noise_sd(x, y), _REL_NOISE_FLOOR)  # noise sd in normalized units
     sigma = sig_n * scale
+    # Exact screen before any fit: an accepted phase's plateau medians differ by at least half
+    # its rise, so no rise exceeds twice the curve's range. Most circuit curves stop here.
+    if 2 * scale < min_rise or 2 * scale < min_snr * sigma:
+        return []
 
     def crit(rss, k):
         return rss / sig_n ** 2 + k * math.log(n)

@@ -18,13 +18,17 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return smoke(quiet=args.quiet)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    if args.threads is not None:
+def _set_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads} must be >= 1")
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _set_threads(args)
     from models.train import train
 
     result = train(args.config, args.out, args.overrides, device=args.device, quiet=args.quiet,
@@ -54,19 +58,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interp_threads(args: argparse.Namespace) -> None:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads} must be >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def _cmd_capture(args: argparse.Namespace) -> int:
     from interp.capture import capture_run
 
-    _interp_threads(args)
+    _set_threads(args)
 
     hooks = [h for item in (args.hooks or []) for h in item.split(",") if h]
     out = capture_run(args.run_dir, hooks=hooks or None, n_probe=args.n_probe, seed=args.probe_seed,
@@ -80,7 +75,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from interp.run_metrics import probe_run
 
-    _interp_threads(args)
+    _set_threads(args)
 
     path = probe_run(args.run_dir, progress=not args.quiet, force=args.force)
     if not args.quiet:
@@ -112,6 +107,50 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     parser.error = error  # type: ignore[method-assign]
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
     return parser
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from analysis import analyze_group, analyze_run
+    from reports.rundata import discover_runs
+
+    runs = [path for path, _ in discover_runs(args.run_dirs)]
+    if not runs:
+        raise UserError(f"no run directories (with metrics.jsonl) under {' '.join(args.run_dirs)}; "
+                        "train or import a run first")
+    if len(runs) == 1 and args.out is None:
+        formation = analyze_run(runs[0])
+        jumps = ", ".join(f"{j['midpoint']:.0f}" for j in formation["transitions"].get("test_acc_last", []))
+        print(f"{runs[0]}: {len(formation['transitions'])} curves timed, test_acc_last jumps at "
+              f"{jumps or 'no transition'}; wrote {runs[0]}/analysis/formation.json")
+        return 0
+    out = args.out or str(_common_folder(runs) / "analysis" / "formation_group.json")
+    group = analyze_group(runs, out_path=out)
+    print(f"{len(runs)} runs in {len(group.get('groups', {}))} groups; wrote {out} and each run's formation.json")
+    return 0
+
+
+def _common_folder(runs):
+    from pathlib import Path
+
+    parents = {Path(r).resolve().parent for r in runs}
+    return parents.pop() if len(parents) == 1 else Path.cwd()
+
+
+def _cmd_import_safari(args: argparse.Namespace) -> int:
+    from models.safari_import import import_safari
+
+    _set_threads(args)
+    run = import_safari(args.safari_dir, args.out, trust_pickle=args.trust_pickle, quiet=args.quiet)
+    print(f"imported {args.safari_dir} into {run}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hyenalens.pipeline import demo
+
+    demo(args.out, seeds=args.seeds, attention_seeds=args.attention_seeds, workers=args.workers,
+         quiet=args.quiet, overrides=tuple(args.overrides))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     pr.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     pr.set_defaults(func=_cmd_probe)
+
+    a = sub.add_parser("analyze", help="time transitions: formation.json per run, and per regime for several runs",
+                       description="Write RUN_DIR/analysis/formation.json for each run; with several runs "
+                                   "(or a folder of runs) also a combined JSON grouped by regime.")
+    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    a.add_argument("--out", default=None, metavar="JSON",
+                   help="combined JSON (default: analysis/formation_group.json in the runs' folder)")
+    a.set_defaults(func=_cmd_analyze)
+
+    i = sub.add_parser("import-safari", help="turn a safari run folder into a HyenaLens run directory",
+                       description="Read safari's config.yaml and checkpoints (safetensors by step, or "
+                                   "Lightning .ckpt loaded weights-only), regenerate the data and evaluate "
+                                   "every checkpoint.")
+    i.add_argument("safari_dir", metavar="SAFARI_DIR")
+    i.add_argument("--out", required=True, metavar="RUN_DIR")
+    i.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling of .ckpt files (only for files you trust)")
+    i.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=_cmd_import_safari)
+
+    d = sub.add_parser("demo", help="the main job: train the quick presets, capture, probe, analyze, report",
+                       description="Train quick AR presets (causal/all, causal/last, noncausal/last x seeds, "
+                                   "plus attention), then capture, probe, analyze and report. Rerunning "
+                                   "resumes: finished work is not redone.")
+    d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
+    d.add_argument("--out", default="hyenalens-demo", metavar="DIR")
+    d.add_argument("--seeds", type=int, default=3, help="seeds per Hyena regime (default 3)")
+    d.add_argument("--attention-seeds", type=int, default=1, help="seeds of the attention baseline (default 1)")
+    d.add_argument("--workers", type=int, default=None, help="processes (default: the CPU cores)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=_cmd_demo)
+    for name, sp in sub.choices.items():
+        if name != "train":  # train's parser was wrapped where it was made
+            _one_line_errors(sp)
     return p
 
 

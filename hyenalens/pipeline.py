@@ -1,0 +1,131 @@
+"""The main job: train → capture → probe → analyze per run, then one report.
+
+This module sits in the `hyenalens` package because it is the one place that uses every
+layer (models → interp → analysis → reports). Runs go through one process pool, not a
+subprocess per step: each worker imports torch and transformer-lens once and trains with one
+torch thread (so a rerun is bit-identical). Every stage is incremental, so interrupting and
+rerunning resumes: finished runs and captured checkpoints are not redone.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from models.errors import UserError
+
+# what `hyenalens demo` trains: three Hyena regimes x seeds, plus attention
+DEMO_HYENA = ("quick_ar_causal_all", "quick_ar_causal_last", "quick_ar_noncausal_last")
+DEMO_ATTENTION = ("quick_ar_attention_causal_all",)
+
+
+@dataclass(frozen=True)
+class Job:
+    config: str
+    seed: int
+    out: str
+    overrides: tuple[str, ...] = ()
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Train (or resume) one run, then capture, probe and analyze it. Returns timings."""
+    from analysis import analyze_run
+    from interp.capture import capture_run
+    from interp.run_metrics import probe_run
+    from models.train import train
+
+    times = {}
+    t = time.perf_counter()
+    result = train(job.config, job.out, [f"seed={job.seed}", *job.overrides], quiet=True)
+    times["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    capture_run(job.out, progress=False)
+    times["capture"] = time.perf_counter() - t
+    t = time.perf_counter()
+    probe_run(job.out, progress=False)
+    times["probe"] = time.perf_counter() - t
+    t = time.perf_counter()
+    formation = analyze_run(job.out)
+    times["analyze"] = time.perf_counter() - t
+    return {"run": job.out, "finished": result.finished, "times": times,
+            "test_acc_last": (result.last_metrics or {}).get("test_acc_last"),
+            "jumps": formation["transitions"].get("test_acc_last", [])}
+
+
+def run_jobs(jobs: list[Job], workers: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
+    """Run jobs in one pool of `workers` processes (default: the cores, at most len(jobs))."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    results = []
+    if workers == 1:
+        _worker_init()
+        for job in tqdm(jobs, desc="runs", disable=quiet, unit="run"):
+            results.append(run_job(job))
+        return results
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=quiet, unit="run"):
+            results.append(fut.result())
+    return sorted(results, key=lambda r: r["run"])
+
+
+def demo_jobs(out: Path, seeds: int = 3, attention_seeds: int = 1,
+              hyena: tuple[str, ...] = DEMO_HYENA, attention: tuple[str, ...] = DEMO_ATTENTION,
+              overrides: tuple[str, ...] = ()) -> list[Job]:
+    jobs = [Job(p, s, str(out / "runs" / f"{p}_s{s}"), overrides) for p in hyena for s in range(seeds)]
+    jobs += [Job(p, s, str(out / "runs" / f"{p}_s{s}"), overrides) for p in attention for s in range(attention_seeds)]
+    return jobs
+
+
+def demo(out: str | Path = "hyenalens-demo", seeds: int = 3, attention_seeds: int = 1, workers: int | None = None,
+         quiet: bool = False, overrides: tuple[str, ...] = (), hyena: tuple[str, ...] = DEMO_HYENA,
+         attention: tuple[str, ...] = DEMO_ATTENTION) -> dict[str, Any]:
+    """`hyenalens demo`: train, capture, probe, analyze, report; print a five-line summary."""
+    from analysis import analyze_group
+    from reports import write_report
+
+    if seeds < 1 or attention_seeds < 0:
+        raise UserError("--seeds must be >= 1 and --attention-seeds >= 0")
+    out = Path(out)
+    t0 = time.perf_counter()
+    jobs = demo_jobs(out, seeds, attention_seeds, hyena, attention, overrides)
+    results = run_jobs(jobs, workers, quiet)
+    runs = [r["run"] for r in results]
+    group = analyze_group(runs, out_path=out / "analysis" / "formation_group.json", write_runs=False)
+    summary = write_report(runs, out / "report", group=group, progress=not quiet)
+    elapsed = time.perf_counter() - t0
+    lines = summary_lines(summary, results, elapsed)
+    print("\n".join(lines))
+    print((out / "report" / "index.html").resolve())
+    return {"summary": summary, "results": results, "elapsed": elapsed, "lines": lines}
+
+
+def summary_lines(summary: dict[str, Any], results: list[dict[str, Any]], elapsed: float) -> list[str]:
+    """Five lines: what ran, the accuracy jumps per regime, the seed claim, timing, the report."""
+    regimes = summary.get("regimes") or {}
+    jump_bits = []
+    for name, r in regimes.items():
+        mid = r.get("midpoint_test_acc_last") or {}
+        where = "no jump" if mid.get("mean") is None else f"jump at step {mid['mean']:.0f}"
+        jump_bits.append(f"{name}: {where} ({mid.get('n', 0)}/{r.get('n_runs', '?')} runs)")
+    accs = [r["test_acc_last"] for r in results if r.get("test_acc_last") is not None]
+    per_stage = {k: sum(r["times"][k] for r in results) for k in ("train", "capture", "probe", "analyze")}
+    return [
+        f"demo: {len(results)} runs in {len(regimes)} regimes, final test accuracy "
+        f"{min(accs):.2f}–{max(accs):.2f}" if accs else f"demo: {len(results)} runs",
+        "jumps: " + ("; ".join(jump_bits) if jump_bits else "none detected"),
+        "seed claim: " + str((summary.get("seed_claim") or {}).get("sentence", "undetermined")),
+        f"time: {elapsed:.0f} s wall; worker seconds " + ", ".join(f"{k} {v:.0f}" for k, v in per_stage.items()),
+        f"report: {len(summary.get('figures', []))} figures",
+    ]
