@@ -153,6 +153,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads_and_quiet(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyenalens", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -171,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     t.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="stop at the first checkpoint at or after step N; rerun to continue")
-    t.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _threads_and_quiet(t)
     t.set_defaults(func=_cmd_train)
 
     r = sub.add_parser("report", help="write the HTML report (index.html, summary.json, figures) for runs",
@@ -198,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe-set size on first capture (default 256)")
     c.add_argument("--probe-seed", type=int, default=None, metavar="S",
                    help="seed of the probe-set draw on first capture (default 0)")
-    c.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    c.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _threads_and_quiet(c)
     c.set_defaults(func=_cmd_capture)
 
     pr = sub.add_parser("probe", help="compute every interp metric at every captured checkpoint",
@@ -208,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "computed checkpoints are reused.")
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("--force", action="store_true", help="recompute every checkpoint")
-    pr.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    pr.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    _threads_and_quiet(pr)
     pr.set_defaults(func=_cmd_probe)
 
     a = sub.add_parser("analyze", help="time transitions: formation.json per run, and per regime for several runs",
@@ -228,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, metavar="RUN_DIR")
     i.add_argument("--trust-pickle", action="store_true",
                    help="allow full unpickling of .ckpt files (only for files you trust)")
-    i.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_and_quiet(i)
     i.set_defaults(func=_cmd_import_safari)
 
     d = sub.add_parser("demo", help="the main job: train the quick presets, capture, probe, analyze, report",

@@ -28,7 +28,6 @@ row [n, heads, L] (every source position of the query).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -37,6 +36,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.errors import UserError
+from models.io import decode_metadata
 from interp.probe_set import (CAPTURE_VERSION, DEFAULT_N_CIRCUIT, DEFAULT_N_PROBE, DEFAULT_PROBE_SEED,
                               SLOTS, ProbeSet, make_probe_set)
 
@@ -207,13 +207,7 @@ def read_step_meta(path: Path) -> dict[str, Any] | None:
             raw = f.metadata() or {}
     except Exception:
         return None
-    out = {}
-    for k, v in raw.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    return decode_metadata(raw)
 
 
 def capture_run(

@@ -150,12 +150,7 @@ def recall_score_values(
     `match_index` instead; each query row i is scored on its own value, column
     match_index[b, i] + 1 (the masks are unions over all queries there).
     """
-    maps = _prep(maps, normalize)
-    if (match_value is None) == (match_index is None):
-        raise UserError("give exactly one of match_value (mask) or match_index")
-    if match_index is not None:
-        return _indexed_mass(maps, query, match_index, 1, reduction)
-    return query_mass(maps, query, match_value, normalize=False, reduction=reduction)
+    return _recall(maps, query, match_value, match_index, 1, "match_value", normalize, reduction)
 
 
 def recall_score_keys(
@@ -169,12 +164,17 @@ def recall_score_keys(
 ) -> Float[Tensor, ""] | Float[Tensor, "b"]:
     """The query row's normalized mass on the matching key positions (the non-causal key
     mechanism). MQAR: `match_index` scores column match_index[b, i] itself."""
+    return _recall(maps, query, match_key, match_index, 0, "match_key", normalize, reduction)
+
+
+def _recall(maps, query, mask, match_index, offset, mask_name, normalize, reduction):
+    """Query-row mass on a role mask, or (MQAR) on column match_index + offset per query."""
     maps = _prep(maps, normalize)
-    if (match_key is None) == (match_index is None):
-        raise UserError("give exactly one of match_key (mask) or match_index")
+    if (mask is None) == (match_index is None):
+        raise UserError(f"give exactly one of {mask_name} (mask) or match_index")
     if match_index is not None:
-        return _indexed_mass(maps, query, match_index, 0, reduction)
-    return query_mass(maps, query, match_key, normalize=False, reduction=reduction)
+        return _indexed_mass(maps, query, match_index, offset, reduction)
+    return query_mass(maps, query, mask, normalize=False, reduction=reduction)
 
 
 def induction_score(

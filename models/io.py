@@ -70,13 +70,18 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"cannot read {p} ({str(e).splitlines()[0]}); it is truncated or not safetensors: delete it and rerun") from None
-    decoded = {}
-    for k, v in meta.items():
+    return tensors, decode_metadata(meta)
+
+
+def decode_metadata(meta: dict[str, str] | None) -> dict[str, Any]:
+    """safetensors metadata values are JSON-encoded strings; decode what parses."""
+    out: dict[str, Any] = {}
+    for k, v in (meta or {}).items():
         try:
-            decoded[k] = json.loads(v)
-        except json.JSONDecodeError:
-            decoded[k] = v
-    return tensors, decoded
+            out[k] = json.loads(v)
+        except (json.JSONDecodeError, TypeError):
+            out[k] = v
+    return out
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ files go through `torch.load(weights_only=True)`. Full unpickling needs `trust_p
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -116,17 +115,6 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool = False) -> dict
     if any(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
     return sd
-
-
-def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
-    """safetensors metadata values are JSON-encoded strings; decode what parses."""
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        try:
-            out[k] = json.loads(v)
-        except (json.JSONDecodeError, TypeError):
-            out[k] = v
-    return out
 
 
 # ---- SimpleLMHeadModel (safari's lm_simple) ------------------------------------------------
