@@ -45,6 +45,7 @@ from models.errors import UserError
 from models.io import atomic_write_json
 
 from .bootstrap import bootstrap_ci
+from .mechanism import mechanism_verdict
 from .transitions import DEFAULTS, detect_transitions
 
 __all__ = ["analyze_run", "analyze_group", "read_curves", "run_info", "curve_name",
@@ -250,6 +251,8 @@ def analyze_run(run_dir, *, write: bool = True) -> dict:
     result = {"transitions": transitions, "jump": jump, "lead_lag": lead_lag,
               "seed_claim": seed, "steps_to_99_test_acc": reached, "curves": meta,
               "run": run_info(run_dir), "params": dict(DEFAULTS)}
+    csv = run_dir / "analysis" / "metrics.csv"
+    result["mechanism"] = mechanism_verdict(csv) if csv.is_file() else None
     if write:
         atomic_write_json(run_dir / "analysis" / "formation.json", _json_safe(result))
     return result
