@@ -313,9 +313,10 @@ def _summarize(results: list[dict], confidence: float, tol: float) -> dict:
 
 def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
                   confidence: float = 0.95, tolerance_log_steps: float = SAME_TIME_TOL,
-                  write_runs: bool = True) -> dict:
+                  write_runs: bool = True, reuse: bool = True) -> dict:
     """Analyze several runs (each as ``analyze_run``, writing its formation.json unless
-    ``write_runs=False``), group them (``group_by``: "regime" or "run" name) and bootstrap over
+    ``write_runs=False``; with ``reuse`` a formation.json newer than the run's metrics files
+    and written with the same parameters is read instead of recomputed), group them (``group_by``: "regime" or "run" name) and bootstrap over
     seeds: jump midpoint, the seed claim with its verdict, each curve's lead/lag, steps to 99%
     test accuracy. Writes the combined JSON to ``out_path`` (atomically) when given."""
     if group_by not in ("regime", "run"):
@@ -325,7 +326,7 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
         raise UserError("no run directories given; pass at least one")
     groups: dict[str, list[dict]] = {}
     for d in run_dirs:
-        res = analyze_run(d, write=write_runs)
+        res = (reuse and _fresh_formation(d)) or analyze_run(d, write=write_runs)
         groups.setdefault(_group_key(res["run"], group_by), []).append(res)
     out = {"group_by": group_by, "confidence": confidence,
            "groups": {k: _summarize(v, confidence, tolerance_log_steps)
@@ -333,6 +334,24 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
     if out_path is not None:
         atomic_write_json(Path(out_path), _json_safe(out))
     return out
+
+
+def _fresh_formation(run_dir: Path) -> dict | None:
+    """The run's formation.json when it is up to date with its inputs, else None."""
+    path = run_dir / "analysis" / "formation.json"
+    inputs = [run_dir / "metrics.jsonl", run_dir / "analysis" / "metrics.csv", run_dir / "config.yaml"]
+    if not path.is_file():
+        return None
+    stamp = path.stat().st_mtime_ns
+    if any(p.is_file() and p.stat().st_mtime_ns > stamp for p in inputs):
+        return None
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(res, dict) or res.get("params") != dict(DEFAULTS) or "transitions" not in res:
+        return None
+    return res
 
 
 # ---------------------------------------------------------------- writing

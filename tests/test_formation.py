@@ -223,3 +223,23 @@ def test_control_values_do_not_split_a_curve(tmp_path):
     curves = {k: v for k, v in read_curves(tmp_path).items() if k.startswith("probe_answer")}
     assert list(curves) == ["probe_answer@L1/blocks.1.hook_resid_post:query"]
     assert len(curves["probe_answer@L1/blocks.1.hook_resid_post:query"][0]) == 10
+
+
+def test_analyze_group_reuses_fresh_formation_and_redoes_stale(tmp_path, monkeypatch):
+    import os
+
+    import analysis.formation as formation
+
+    cfg = "seed: 0\nloss: all\nmodel:\n  kind: hyena\n  causal: true\n"
+    run = make_run(tmp_path / "r", config=cfg, csv_rows=csv_for(STEPS))
+    analyze_run(run)
+    calls = []
+    real = formation.analyze_run
+    monkeypatch.setattr(formation, "analyze_run", lambda d, **kw: calls.append(d) or real(d, **kw))
+    analyze_group([run])
+    assert calls == []  # formation.json is newer than every input: read, not recomputed
+    csv = run / "analysis" / "metrics.csv"
+    later = (run / "analysis" / "formation.json").stat().st_mtime_ns + 10**9
+    os.utime(csv, ns=(later, later))  # a new probe result makes it stale
+    analyze_group([run])
+    assert calls == [run]
