@@ -265,8 +265,9 @@ def _group_key(info: dict, group_by: str) -> str:
     return re.sub(r"[-_.](seed[-_]?|s)\d+$", "", info["name"]) or info["name"]
 
 
-def _verdict(est: dict, tol: float) -> str:
-    lo, hi = est["lo"], est["hi"]
+def claim_verdict(lo: float | None, hi: float | None, tol: float) -> str:
+    """The seed claim's rule on the CI [lo, hi] of the train-minus-test midpoint offset in
+    log-steps: "consistent" inside ±tol, "not consistent" wholly outside, else "undetermined"."""
     if lo is None or hi is None:
         return "undetermined"
     if -tol <= lo and hi <= tol:
@@ -302,7 +303,7 @@ def _summarize(results: list[dict], confidence: float, tol: float) -> dict:
                 [s["train_minus_test_midpoint_steps"] for s in seeds]),
             "train_minus_test_midpoint_log_steps": offset,
             "runs_not_measured": sum(v is None for v in log_off),
-            "verdict": _verdict(offset, tol), "tolerance_log_steps": tol,
+            "verdict": claim_verdict(offset["lo"], offset["hi"], tol), "tolerance_log_steps": tol,
             "rule": "consistent if the CI of the log-step offset lies inside ±tolerance, not "
                     "consistent if wholly outside, else (or with no CI) undetermined"},
         "lead_lag": lead_lag,

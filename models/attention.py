@@ -7,6 +7,8 @@ the analysis needs, so no `transformer-lens<4` pin is required.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -51,4 +53,5 @@ def build_attention(cfg: AttentionConfig, seed: int = 0) -> nn.Module:
         positional_embedding_type="standard",
         attention_dir="causal" if cfg.causal else "bidirectional", seed=seed,
     )
-    return TransformerBridge.boot_native(tl_cfg)
+    with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device" here
+        return TransformerBridge.boot_native(tl_cfg)

@@ -8,7 +8,7 @@ curves that analysis has timed):
    verdicts, lead/lag and steps to 99% are used as they are, for a regime whose run set matches;
 2. each run's `analysis/formation.json` (`jump`, `lead_lag`, `seed_claim`,
    `steps_to_99_test_acc`), aggregated here over the regime's runs with
-   `analysis.bootstrap.bootstrap_ci` and analysis' seed-claim rule (`claim_verdict`);
+   `analysis.bootstrap.bootstrap_ci` and analysis' seed-claim rule (`analysis.claim_verdict`);
 3. for a run without formation.json, its accuracy curves timed by
    `analysis.transitions.detect_transitions` (see reports.rundata).
 
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import claim_verdict
 from models.errors import UserError
 from reports.rundata import RunData, _finite, main_transition
 
@@ -284,19 +285,6 @@ def load_group(source: Any, paths: list[str | Path]) -> tuple[dict[str, Any] | N
 
 
 # ------------------------------------------------------------------ the seed claim
-def claim_verdict(ci: list[float] | None, tol: float) -> str:
-    """analysis' rule: "consistent" if the CI of the log-step offset lies inside ±tol, "not
-    consistent" if wholly outside, "undetermined" otherwise or without a CI."""
-    if not ci:
-        return "undetermined"
-    lo, hi = ci
-    if -tol <= lo and hi <= tol:
-        return "consistent"
-    if lo > tol or hi < -tol:
-        return "not consistent"
-    return "undetermined"
-
-
 def seed_claim(regimes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The seed claim's verdict in causal/all (else the first regime) and its one sentence."""
     claim = "“train accuracy jumps around the same time as test accuracy”"
@@ -306,7 +294,7 @@ def seed_claim(regimes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     s = regimes[name]
     off_l, off_s = s["offset_train_acc_all_log_steps"], s["offset_train_acc_all_steps"]
     tol = same_time_tolerance()
-    verdict = s.get("seed_claim_verdict") or claim_verdict(off_l["ci"], tol)
+    verdict = s.get("seed_claim_verdict") or claim_verdict(*(off_l["ci"] or (None, None)), tol)
     res = {"regime": name, "verdict": verdict, "offset_log_steps": off_l, "offset_steps": off_s,
            "tolerance_log_steps": tol, "source": s.get("source")}
     if off_l["n"] == 0 or off_l["mean"] is None:
