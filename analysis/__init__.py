@@ -6,11 +6,11 @@ transition".
 """
 from .bootstrap import Estimate, bootstrap_ci
 from .formation import (ACC_CURVES, JUMP_CURVE, SEED_CURVE, analyze_group, analyze_run, claim_verdict,
-                        curve_name, read_curves, run_info)
+                        curve_name, read_curves, regime_name, run_info)
 from .mechanism import mechanism_verdict
 from .transitions import DEFAULTS, Transition, detect_transitions, to_log_step
 
 __all__ = ["Transition", "detect_transitions", "to_log_step", "DEFAULTS",
            "Estimate", "bootstrap_ci",
            "analyze_run", "analyze_group", "read_curves", "run_info", "curve_name",
-           "ACC_CURVES", "JUMP_CURVE", "SEED_CURVE", "mechanism_verdict", "claim_verdict"]
+           "ACC_CURVES", "JUMP_CURVE", "SEED_CURVE", "mechanism_verdict", "claim_verdict", "regime_name"]

@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from models.errors import UserError
-from models.io import atomic_write_json
+from models.config_source import parse_yaml
+from models.io import atomic_write_json, read_jsonl
 
 from .bootstrap import bootstrap_ci
 from .mechanism import mechanism_verdict
@@ -65,20 +65,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path} not found; a run directory needs metrics.jsonl "
                         "(train or import the run first)")
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # a live run may be mid-append: skip its partial last line
-                break
-            raise UserError(f"{path}:{i}: not JSON ({e.msg}); fix or delete that line") from None
+    records = read_jsonl(path)
+    for i, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
-            raise UserError(f"{path}:{i}: each line must be an object with a numeric 'step'")
-        records.append(rec)
+            raise UserError(f"{path}: record {i} must be an object with a numeric 'step'")
     return records
 
 
@@ -148,14 +138,17 @@ def read_curves(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _read_yaml(path: Path):
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix it, or delete "
-                        "it to group the run by name") from None
+    cfg = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if cfg is not None and not isinstance(cfg, dict):
         raise UserError(f"{path}: expected a mapping of config keys; fix the file")
     return cfg or {}
+
+
+def regime_name(kind: str, causal: bool, loss: str) -> str:
+    """causal/all, causal/last, noncausal/last (science.md, "Regimes"); kinds other than
+    hyena prefix the name (attention/causal/all)."""
+    base = f"{'causal' if causal else 'noncausal'}/{loss}"
+    return base if kind == "hyena" else f"{kind}/{base}"
 
 
 def run_info(run_dir) -> dict:
@@ -168,17 +161,14 @@ def run_info(run_dir) -> dict:
         cfg = _read_yaml(cfg_path)
         info["config"] = True
         model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-        subs = [cfg] + [cfg[k] for k in ("train", "training") if isinstance(cfg.get(k), dict)]
-        loss = next((d[k] for d in subs for k in ("loss", "loss_on") if isinstance(d.get(k), str)),
-                    None)
-        seed = next((d["seed"] for d in subs if isinstance(d.get("seed"), int)), None)
+        loss = cfg.get("loss") if isinstance(cfg.get("loss"), str) else None
+        seed = cfg.get("seed") if isinstance(cfg.get("seed"), int) else None
         kind, causal = model.get("kind"), model.get("causal")
         info.update(model_kind=kind, causal=causal, loss=loss, seed=seed)
         if isinstance(cfg.get("regime"), str):
             info["regime"] = cfg["regime"]
         elif isinstance(kind, str) and isinstance(causal, bool) and loss:
-            prefix = "" if kind == "hyena" else f"{kind}/"
-            info["regime"] = f"{prefix}{'causal' if causal else 'noncausal'}/{loss}"
+            info["regime"] = regime_name(kind, causal, loss)
     rj = run_dir / "run.json"
     if info["seed"] is None and rj.is_file():
         try:

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from models.build import is_hyena
 from models.errors import UserError
 from models.io import decode_metadata
 from interp.probe_set import (CAPTURE_VERSION, DEFAULT_N_CIRCUIT, DEFAULT_N_PROBE, DEFAULT_PROBE_SEED,
@@ -48,12 +49,6 @@ def n_layers_of(model: nn.Module) -> int:
     cfg = getattr(model, "cfg", None)
     n = getattr(cfg, "n_layers", None)
     return int(n) if n is not None else len(model.blocks)
-
-
-def is_hyena(model: nn.Module) -> bool:
-    from models.lm import HyenaLM
-
-    return isinstance(model, HyenaLM)
 
 
 def default_hooks(model: nn.Module) -> list[str]:

@@ -46,6 +46,7 @@ import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from models.build import is_hyena
 from models.errors import UserError
 
 Level = Literal["value", "token"]
@@ -127,12 +128,6 @@ class HyenaLayerOperands:
     def shape(self) -> tuple[int, int, int]:
         b, d, L = self.v.shape
         return b, d, L
-
-
-def _is_hyena(model: nn.Module) -> bool:
-    from models.lm import HyenaLM
-
-    return isinstance(model, HyenaLM)
 
 
 def _check_layer(layer: int, n_layers: int) -> int:
@@ -362,7 +357,7 @@ def implicit_attention(
     _check_tokens(tokens)
     if level not in LEVELS:
         raise UserError(f"level {level!r} is unknown; use one of {', '.join(LEVELS)}")
-    if not _is_hyena(model):
+    if not is_hyena(model):
         return _attention_pattern(model, tokens, layer, aggregate, normalize_rows, dtype)
     ops = hyena_operands(model, tokens, layer)
     return hyena_implicit_attention(ops, level=level, aggregate=aggregate, row_block=row_block,

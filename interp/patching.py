@@ -66,7 +66,8 @@ def default_patch_hooks(model: nn.Module) -> list[str]:
     """Per block: hook_resid_pre, the mixer's output (Hyena `hook_mixer_out`, attention
     `hook_attn_out`), hook_resid_mid (Hyena only, see below), hook_mlp_out; Hyena also its
     gates and v; and the last block's hook_resid_post."""
-    from interp.capture import is_hyena, n_layers_of
+    from interp.capture import n_layers_of
+    from models.build import is_hyena
 
     names = set(model.hook_dict)
     n = n_layers_of(model)
@@ -120,7 +121,7 @@ def patch_recovery(
     for h in hooks:
         if h not in model.hook_dict:
             raise ValueError(f"the model has no hook {h!r}")
-    from interp.capture import is_hyena
+    from models.build import is_hyena
 
     hyena = is_hyena(model)
     masks = position_groups(c)

@@ -97,7 +97,8 @@ def evaluate_model(
     """Every metric on one model over a `ProbeSet` (interp.capture). `acts` are the captured
     activations (capture_model's output); when None they are captured here, in memory.
     Rows carry no `step` (the caller adds it). `timings` collects seconds per part."""
-    from interp.capture import capture_model, default_hooks, is_hyena, n_layers_of
+    from interp.capture import capture_model, default_hooks, n_layers_of
+    from models.build import is_hyena
 
     opt = options or MetricOptions()
     t = timings if timings is not None else {}

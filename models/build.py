@@ -42,3 +42,7 @@ def model_kind(model: nn.Module) -> str:
     from models.lm import HyenaLM
 
     return "hyena" if isinstance(model, HyenaLM) else "attention"
+
+
+def is_hyena(model: nn.Module) -> bool:
+    return model_kind(model) == "hyena"

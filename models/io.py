@@ -93,15 +93,22 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a JSONL log ([] when absent). Only a torn last line, which an interrupted
+    append leaves, is skipped; a bad line anywhere else is a UserError naming it."""
     p = Path(path)
     if not p.is_file():
         return []
+    lines = p.read_text(encoding="utf-8").splitlines()
     out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill mid-append
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise UserError(f"{p}:{i}: not JSON ({e.msg}); fix or delete that line") from None
     return out
 
 

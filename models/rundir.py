@@ -220,3 +220,10 @@ def session_record(device: str, threads: int, from_step: int) -> dict[str, Any]:
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
             "pid": os.getpid(), "device": device, "threads": threads, "from_step": from_step,
             "argv": sys.argv[1:]}
+
+
+def data_provenance(data: Any, **extra: Any) -> dict[str, Any]:
+    """run.json's `data` block: generator arguments, train/test overlap, sizes, vocabulary."""
+    return {"generator": data.args, "overlap": int(data.overlap), "removed_overlap": int(data.removed_overlap),
+            "num_train": int(data.train_inputs.shape[0]), "num_test": int(data.test_inputs.shape[0]),
+            "seq_len": int(data.train_inputs.shape[1]), "vocab": list(data.vocab), **extra}

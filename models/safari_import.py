@@ -24,7 +24,7 @@ from models.config import config_hash, config_yaml, parse_yaml, resolve_config, 
 from models.errors import UserError
 from models.evaluate import evaluate, make_eval_set
 from models.io import atomic_write_json, atomic_write_text, rewrite_jsonl
-from models.rundir import RUN_FORMAT, RunDir, git_revision, versions
+from models.rundir import RUN_FORMAT, RunDir, data_provenance, git_revision, versions
 from models.safari import lm_config_from_safari, load_state_dict
 
 _TASKS = {"assoc_recall": "ar", "induction_head": "ih"}
@@ -116,9 +116,7 @@ def import_safari(safari_dir: str | Path, out: str | Path, *, trust_pickle: bool
         atomic_write_json(run.run_json, {
             "format": RUN_FORMAT, "versions": versions(), "git": git_revision(), "seed": cfg.seed,
             "config_hash": digest, "model_kind": "hyena", "imported_from": str(src.resolve()),
-            "data": {"generator": data.args, "overlap": int(data.overlap), "removed_overlap": int(data.removed_overlap),
-                     "num_train": int(data.train_inputs.shape[0]), "num_test": int(data.test_inputs.shape[0]),
-                     "seq_len": int(data.train_inputs.shape[1]), "vocab": list(data.vocab)},
+            "data": data_provenance(data),
         })
         atomic_write_text(run.config, config_yaml(cfg))
         write_index(run.index, digest, entries)  # the commit point: the import is complete

@@ -30,7 +30,7 @@ from models.errors import UserError
 from models.evaluate import EvalSet, evaluate, make_eval_set
 from models.io import append_jsonl, atomic_write_json, atomic_write_text
 from models.optim import load_optimizer_tensors, lr_factor, make_optimizer, optimizer_tensors, set_lr
-from models.rundir import RUN_FORMAT, RunDir, git_revision, session_record, versions
+from models.rundir import RUN_FORMAT, RunDir, data_provenance, git_revision, session_record, versions
 
 
 @dataclass
@@ -81,14 +81,10 @@ class Trainer:
 
     # ---- run directory ---------------------------------------------------------------------
     def _provenance(self, resumed_from: int) -> dict[str, Any]:
-        d = self.data
         return {
             "format": RUN_FORMAT, "versions": versions(), "git": git_revision(), "seed": self.cfg.seed,
             "config_hash": self.hash, "model_kind": self.kind,
-            "data": {"generator": d.args, "overlap": int(d.overlap), "removed_overlap": int(d.removed_overlap),
-                     "num_train": int(d.train_inputs.shape[0]), "num_test": int(d.test_inputs.shape[0]),
-                     "seq_len": int(d.train_inputs.shape[1]), "vocab": list(d.vocab),
-                     "fresh_samples": self.cfg.data.fresh_samples},
+            "data": data_provenance(self.data, fresh_samples=self.cfg.data.fresh_samples),
             "schedule": {"total_steps": self.total, "steps_per_epoch": self.batches.steps_per_epoch,
                          "planned_checkpoints": self.schedule.planned, "window": self.schedule.window,
                          "dense_every": self.schedule.dense_every},

@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import regime_name
+from models.config_source import parse_yaml
 from models.errors import UserError
 
 ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
@@ -115,10 +117,7 @@ def regime_of(config: dict[str, Any]) -> str:
     if isinstance(config.get("regime"), str):
         return config["regime"]
     model = config.get("model") or {}
-    loss = str(config.get("loss", "all"))
-    kind = str(model.get("kind", "hyena"))
-    base = f"{'causal' if model.get('causal', True) else 'noncausal'}/{loss}"
-    return base if kind == "hyena" else f"{kind}/{base}"
+    return regime_name(str(model.get("kind", "hyena")), bool(model.get("causal", True)), str(config.get("loss", "all")))
 
 
 def slugify(name: str) -> str:
@@ -227,9 +226,7 @@ def _read_yaml(f: Path, notes: list[str]) -> dict[str, Any]:
         notes.append("config.yaml is missing: regime, task and seed are unknown (treated as causal/all)")
         return {}
     try:
-        import yaml
-
-        cfg = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+        cfg = parse_yaml(f.read_text(encoding="utf-8"), str(f)) or {}
         if not isinstance(cfg, dict):
             raise ValueError("not a mapping")
         return cfg
