@@ -8,6 +8,7 @@ Measured on this fixture (probe set n=256, seed 0; circuit rows 32):
   step 1884: answer acc 0.996, answer probe 0.99, recall_score_values 0.14 / 0.13,
              attr share keys+values 0.22, patch recovery of blocks.1.hook_mixer_out at the
              query 0.49 (step 0: 0.03)
+The recall score staying at chance is a measured result, not a defect: see docs/findings.md.
 """
 from __future__ import annotations
 
@@ -72,15 +73,23 @@ def test_recall_score_is_near_chance_at_init(trajectory):
         assert abs(trajectory[0][("recall_score_values", layer, "", "")] - chance) <= 0.05
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: the token-level mean-|H| recall score of this trained model stays at chance "
-    "(~0.13 at both steps, chance 0.126); the recall is not localized in the channel-mean map "
-    "(answer probe, attribution and patching do show the circuit). Kept strict so a change of the "
-    "score's definition that makes it rise is noticed."))
-def test_recall_score_far_above_step0(trajectory):
+def test_recall_score_stays_at_chance_on_trained_hyena(trajectory):
+    """The measured answer to the issue's "recall score far above step 0": not for this model.
+
+    The issue expected the map-based recall score to rise with the circuit, as it does on the
+    attention baseline (tests/test_recall_score_control.py: 0.16 → 0.98). On safari's trained
+    Hyena it stays at its chance level at both layers while the answer probe, attribution and
+    patching show the circuit. We keep science.md's definition (we do not redefine the score
+    until it rises) and assert the measured fact, so a change of the score or of the model
+    shows up here. Why, and the variants tried, are in docs/findings.md.
+    """
+    chance = trajectory["recall_chance"]
     s0, s1 = trajectory[0], trajectory[FINAL]
-    best = max(s1[("recall_score_values", l, "", "")] - s0[("recall_score_values", l, "", "")] for l in (0, LAST))
-    assert best >= 0.10
+    for layer in (0, LAST):
+        assert abs(s1[("recall_score_values", layer, "", "")] - chance) <= 0.05
+        assert abs(s1[("recall_score_values", layer, "", "")] - s0[("recall_score_values", layer, "", "")]) <= 0.05
+    # the circuit is there all the same: the last layer's answer probe is far above step 0
+    assert _probe(s1) - _probe(s0) >= 0.40
 
 
 def test_attribution_and_patching_find_the_circuit(trajectory):
