@@ -110,9 +110,19 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from analysis import analyze_group, analyze_run
     from reports.rundata import discover_runs
 
+    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "sweep.json").is_file():
+        from hyenalens.sweep import analyze_sweep
+
+        group = analyze_sweep(args.run_dirs[0], args.out)
+        out = args.out or Path(args.run_dirs[0]) / "analysis" / "formation_group.json"
+        print(f"{sum(g['n_runs'] for g in group['groups'].values())} runs in {len(group['groups'])} sweep groups; "
+              f"wrote {out} and each run's formation.json")
+        return 0
     runs = [path for path, _ in discover_runs(args.run_dirs)]
     if not runs:
         raise UserError(f"no run directories (with metrics.jsonl) under {' '.join(args.run_dirs)}; "
@@ -151,6 +161,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     demo(args.out, seeds=args.seeds, attention_seeds=args.attention_seeds, workers=args.workers,
          quiet=args.quiet, overrides=tuple(args.overrides))
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from hyenalens.sweep import run_sweep, summary_lines
+
+    res = run_sweep(args.sweep, args.out, backend=args.backend, address=args.address, workers=args.workers,
+                    threads=1 if args.threads is None else args.threads, quiet=args.quiet)
+    if not args.quiet:
+        print("\n".join(summary_lines(res)))
+    for r in res["failed"]:
+        print(f"hyenalens sweep: run {r['name']} failed: {r['error']}", file=sys.stderr)
+    return 1 if res["failed"] else 0
 
 
 def _threads_and_quiet(sp: argparse.ArgumentParser) -> None:
@@ -244,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=None, help="processes (default: the CPU cores)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
+    w = sub.add_parser("sweep", help="run a grid of runs (regimes x parameters x seeds), each train → analyze",
+                       description="Expand SWEEP (a shipped sweep name or a YAML file, docs/sweeps.md) into runs "
+                                   "SWEEP_DIR/runs/<point>, each trained, captured, probed and analyzed, then "
+                                   "aggregated per group over seeds. Rerun to resume: finished runs are skipped.")
+    w.add_argument("sweep", metavar="SWEEP")
+    w.add_argument("--out", required=True, metavar="SWEEP_DIR")
+    w.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local process pool (default) or Ray (pip install 'hyenalens[ray]')")
+    w.add_argument("--address", default=None, help="an existing Ray cluster (auto, HOST:PORT or ray://...)")
+    w.add_argument("--workers", type=int, default=None, help="processes (default: the CPU cores)")
+    _threads_and_quiet(w)
+    w.set_defaults(func=_cmd_sweep)
     for name, sp in sub.choices.items():
         if name != "train":  # train's parser was wrapped where it was made
             _one_line_errors(sp)

@@ -27,7 +27,7 @@ DEMO_ATTENTION = ("quick_ar_attention_causal_all",)
 
 @dataclass(frozen=True)
 class Job:
-    config: str
+    config: str | dict  # a preset name, a YAML path or a raw config mapping (models.train.train)
     seed: int
     out: str
     overrides: tuple[str, ...] = ()
@@ -59,7 +59,8 @@ def run_job(job: Job) -> dict[str, Any]:
     t = time.perf_counter()
     formation = analyze_run(job.out)
     times["analyze"] = time.perf_counter() - t
-    return {"run": job.out, "finished": result.finished, "times": times,
+    return {"run": job.out, "finished": result.finished, "times": times, "step": result.step,
+            "steps_trained": result.step - (result.resumed_from or 0), "resumed_from": result.resumed_from,
             "test_acc_last": (result.last_metrics or {}).get("test_acc_last"),
             "jumps": formation["transitions"].get("test_acc_last", [])}
 

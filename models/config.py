@@ -192,6 +192,14 @@ def _model_fields(kind: str) -> dict[str, Any]:
     return out
 
 
+def config_keys(kind: str = "hyena") -> list[str]:
+    """Every dotted config key for a model `kind` (`seed`, `loss`, `model.d_model`, `data.task`, ...)."""
+    if kind not in MODEL_KINDS:
+        raise UserError(f"model.kind={kind!r} is unknown; use one of {', '.join(MODEL_KINDS)}")
+    keys = list(TOP_LEVEL) + [f"model.{k}" for k in sorted(_model_fields(kind))]
+    return keys + [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)]
+
+
 _MODEL_MIN = {"vocab_size": 3, "d_model": 1, "n_layers": 1, "d_inner": 1, "order": 2, "l_max": 1,
               "filter_order": 1, "emb_dim": 3, "num_inner_mlps": 0, "short_filter_order": 1,
               "n_heads": 1, "max_position_embeddings": 0}

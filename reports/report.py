@@ -23,7 +23,7 @@ from typing import Any, Callable
 from models.errors import UserError
 from reports import html as H
 from reports.rundata import RunData, discover_runs, load_run, slugify
-from reports.summary import (key_curves, load_group, regime_key, regime_rank, regime_summary, run_numbers,
+from reports.summary import (group_keys, key_curves, load_group, regime_rank, regime_summary, run_numbers,
                              seed_claim, short_curve, steps_to)
 
 DETAIL = ("first", "all")
@@ -75,11 +75,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another path")
     runs = [load_run(p, name) for p, name in discover_runs(list(run_dirs))]
-    runs.sort(key=lambda r: (regime_rank(regime_key(r, runs)), r.seed is None, r.seed or 0, r.name))
+    group, group_note = load_group(group, list(run_dirs))
+    pairs = sorted(zip(group_keys(runs, group), runs),
+                   key=lambda kr: (regime_rank(kr[0]), kr[1].seed is None, kr[1].seed or 0, kr[1].name))
+    keys, runs = [k for k, _ in pairs], [r for _, r in pairs]
     out.mkdir(parents=True, exist_ok=True)
     numbers = [run_numbers(r) for r in runs]
-    keys = [regime_key(r, runs) for r in runs]
-    group, group_note = load_group(group, list(run_dirs))
     regimes = regime_summary(numbers, keys, group)
     claim = seed_claim(regimes)
 

@@ -154,6 +154,17 @@ def regime_key(rd: RunData, runs: list[RunData]) -> str:
     return f"{rd.task} {rd.regime}" if len(tasks) > 1 else rd.regime
 
 
+def group_keys(runs: list[RunData], group: dict[str, Any] | None) -> list[str]:
+    """Each run's label: its sweep group where the combined analysis is a sweep's (one group
+    per sweep point, hyenalens.sweep.analyze_sweep), else its regime (`regime_key`)."""
+    by_dir: dict[str, str] = {}
+    if isinstance(group, dict) and group.get("group_by") == "sweep point" and isinstance(group.get("groups"), dict):
+        for name, g in group["groups"].items():
+            for run in (g.get("runs") or []) if isinstance(g, dict) else []:
+                by_dir[str(run)] = str(name)
+    return [by_dir.get(r.path.resolve().name) or regime_key(r, runs) for r in runs]
+
+
 def regime_rank(key: str) -> tuple:
     task, _, reg = key.rpartition(" ")
     return (task, REGIME_ORDER.index(reg) if reg in REGIME_ORDER else len(REGIME_ORDER), reg)

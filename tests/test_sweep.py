@@ -1,0 +1,233 @@
+"""`hyenalens sweep`: a tiny 2 regimes x 2 seeds sweep on the local backend and on a Ray cluster
+started here, a rerun that does no work, an interrupted run that resumes, per-group bootstrap
+CIs from `hyenalens analyze SWEEP_DIR`, and bad input as one line, exit 2, nothing written."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hyenalens.cli import main
+from hyenalens.sweep import run_sweep
+from models.config_source import read_config_source
+from models.io import read_jsonl
+from models.sweep_spec import expand, load_sweep
+from models.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+# 48 steps: long enough that test accuracy leaves 0 (the untrained model never answers with a
+# value token) in every run, so each group has a jump midpoint in both seeds
+TINY = """\
+seed: 0
+loss: all
+model: {kind: hyena, causal: true, d_model: 16, n_layers: 2, filter_order: 16, embed_dropout: 0.0}
+data: {task: ar, vocab_size: 10, input_seq_len: 16, num_examples: 512, num_test_examples: 256}
+optimizer: {lr: 3.0e-3}
+schedule: {steps: 48, batch_size: 16, decay: constant}
+checkpoints: {log_count: 8, every: 8, adaptive: false}
+eval: {train_subset: 64}
+"""
+SWEEP = """\
+base: tiny.yaml
+seeds: 2
+regimes:
+  causal_all: {}
+  noncausal_last: {loss: last, model: {causal: false}}
+grid:
+  data.vocab_size: [10]
+"""
+GROUPS = {"causal_all__vocab_size=10": "causal/all", "noncausal_last__vocab_size=10": "noncausal/last"}
+NAMES = sorted(f"{g}__s{s}" for g in GROUPS for s in (0, 1))
+
+
+def _spec(folder: Path, sweep: str = SWEEP) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "sweep.yaml").write_text(sweep)
+    return folder / "sweep.yaml"
+
+
+def _stamps(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _curves(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in read_jsonl(run / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = _spec(root / "spec")
+    assert main(["sweep", str(sweep), "--out", str(root / "local"), "--workers", "2", "--quiet"]) == 0
+    return sweep, root / "local"
+
+
+def test_local_sweep_writes_a_complete_run_directory_per_point(local):
+    _, out = local
+    assert sorted(p.name for p in (out / "runs").iterdir()) == NAMES
+    for name in NAMES:
+        run = out / "runs" / name
+        total = json.loads((run / "run.json").read_text())["schedule"]["total_steps"]
+        steps = [c["step"] for c in json.loads((run / "checkpoints" / "index.json").read_text())["checkpoints"]]
+        assert steps[-1] == total == 48
+        assert all((run / "capture" / f"step_{s:08d}.safetensors").is_file() for s in steps)
+        assert (run / "analysis" / "metrics.csv").is_file() and (run / "analysis" / "formation.json").is_file()
+        status = json.loads((out / "status" / f"{name}.json").read_text())
+        assert status["finished"] and status["steps_trained"] == 48 and status["resumed_from"] is None
+    record = json.loads((out / "sweep.json").read_text())
+    assert [p["name"] for p in record["points"]] == NAMES
+    assert {p["config"]["seed"] for p in record["points"]} == {0, 1}
+
+
+def test_rerun_does_no_work(local):
+    sweep, out = local
+    before = _stamps(out)
+    res = run_sweep(str(sweep), out, workers=2, quiet=True)
+    assert res["ran"] == [] and res["failed"] == []
+    assert sorted(r["name"] for r in res["skipped"]) == NAMES
+    assert all(r["steps_trained"] == 0 for r in res["skipped"])
+    assert _stamps(out) == before  # no file written, not even the group analysis
+
+
+def test_an_interrupted_run_resumes_and_ends_bit_identical(local, tmp_path):
+    sweep, out = local
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)  # copy2 keeps mtimes, so the other runs stay done
+    name = NAMES[0]
+    shutil.rmtree(copy / "runs" / name)
+    (copy / "status" / f"{name}.json").unlink()
+    point = next(p for p in expand(load_sweep(str(sweep))) if p.name == name)
+    cut = train(point.config, copy / "runs" / name, max_steps=20, quiet=True)  # "killed" after step 20
+    assert not cut.finished
+    res = run_sweep(str(sweep), copy, workers=1, quiet=True)
+    assert [r["name"] for r in res["ran"]] == [name] and len(res["skipped"]) == 3
+    ran = res["ran"][0]
+    assert ran["resumed_from"] == cut.step and ran["steps_trained"] == 48 - cut.step > 0
+    assert _curves(copy / "runs" / name) == _curves(out / "runs" / name)
+
+
+def test_analyze_sweep_dir_gives_per_group_bootstrap_cis(local, capsys):
+    _, out = local
+    assert main(["analyze", str(out)]) == 0
+    assert "2 sweep groups" in capsys.readouterr().out
+    group = json.loads((out / "analysis" / "formation_group.json").read_text())
+    assert group["group_by"] == "sweep point" and set(group["groups"]) == set(GROUPS)
+    for name, g in group["groups"].items():
+        assert g["regime"] == GROUPS[name] and g["n_runs"] == 2 and sorted(g["seeds"]) == [0, 1]
+        for est in (g["jump_midpoint"]["steps"], g["jump_midpoint"]["log_steps"]):
+            assert est["n"] == 2 and est["lo"] is not None, est
+            assert est["lo"] <= est["value"] <= est["hi"]
+        assert g["seed_claim"]["verdict"] in ("consistent", "not consistent", "undetermined")
+
+
+def test_ray_backend_on_a_local_cluster_gives_the_same_runs(local, tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed here (pip install 'hyenalens[ray]'); the Ray backend was not run")
+    import ray
+
+    sweep, out = local
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        address = ctx.address_info["address"]
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-m", "hyenalens", "sweep", str(sweep), "--out", str(tmp_path / "ray"),
+                            "--backend", "ray", "--address", address, "--quiet"],
+                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    finally:
+        ray.shutdown()
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in NAMES:  # one torch thread per task, same configs: the same numbers as the pool
+        assert _curves(tmp_path / "ray" / "runs" / name) == _curves(out / "runs" / name)
+        assert (tmp_path / "ray" / "status" / f"{name}.json").is_file()
+    group = json.loads((tmp_path / "ray" / "analysis" / "formation_group.json").read_text())
+    assert set(group["groups"]) == set(GROUPS)
+
+
+def _bad(text_from, tmp_path):
+    return str(_spec(tmp_path / "spec", text_from(SWEEP)))
+
+
+CASES = [  # (id, sweep text from the good one, extra args, needle in the one stderr line)
+    ("unknown grid key", lambda s: s.replace("data.vocab_size:", "data.vocab_sz:"), [],
+     "unknown grid key data.vocab_sz; did you mean data.vocab_size?"),
+    ("empty grid", lambda s: s.replace("grid:\n  data.vocab_size: [10]", "grid: {}"), [], "grid is empty"),
+    ("empty axis", lambda s: s.replace("[10]", "[]"), [], "grid axis data.vocab_size is an empty list"),
+    ("no seeds", lambda s: s.replace("seeds: 2", "seeds: 0"), [], "empty grid"),
+    ("duplicate seed", lambda s: s.replace("seeds: 2", "seeds: [0, 0]"), [], "duplicate run name causal_all__"),
+    ("duplicate value", lambda s: s.replace("[10]", "[10, 10]"), [], "duplicate run name"),
+    ("duplicate regime", lambda s: s.replace("  noncausal_last:", "  causal_all:"), [], "duplicate key 'causal_all'"),
+    ("seed in the grid", lambda s: s.replace("data.vocab_size", "seed"), [], "list the seeds under seeds:"),
+    ("unknown sweep key", lambda s: s.replace("seeds: 2", "seed: 2"), [], "did you mean seeds? sweep keys:"),
+    ("bad value", lambda s: s.replace("loss: last", "loss: sideways"), [], "sweep run noncausal_last__vocab_size=10__s0: loss="),
+    ("leaky regime", lambda s: s.replace("loss: last, ", ""), [], "invalid regime"),
+    ("missing base", lambda s: s.replace("tiny.yaml", "nope.yaml"), [], "does not exist"),
+    ("unknown backend", lambda s: s, ["--backend", "slurm"], "invalid choice: 'slurm'"),
+    ("address without ray", lambda s: s, ["--address", "auto"], "add --backend ray"),
+    ("ray missing", lambda s: s, ["--backend", "ray"], "install it with pip install 'hyenalens[ray]'"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    _, edit, extra, needle = case
+    if case[0] == "ray missing":
+        monkeypatch.setitem(sys.modules, "ray", None)  # find_spec and import both say: not installed
+    sweep, out = _bad(edit, tmp_path), tmp_path / "out"
+    capsys.readouterr()
+    try:
+        code = main(["sweep", sweep, "--out", str(out), "--quiet", *extra])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["another sweep", "a folder of other files"])
+def test_an_existing_folder_that_is_not_this_sweep_is_refused(what, local, tmp_path, capsys):
+    sweep, out = local
+    if what == "a folder of other files":
+        out = tmp_path / "notes"
+        out.mkdir()
+        (out / "todo.txt").write_text("x")
+    else:
+        sweep = _spec(tmp_path / "other", SWEEP.replace("seeds: 2", "seeds: 3"))
+    before = _stamps(out)
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("different sweep (2 run(s) added" in err[0] or "without sweep.json" in err[0]), err
+    assert _stamps(out) == before
+
+
+def test_shipped_study_sweep_is_5_seeds_of_each_regime_for_ar_and_ih():
+    points = expand(load_sweep("causal_vs_noncausal"))
+    groups: dict[str, list] = {}
+    for p in points:
+        groups.setdefault(p.group, []).append(p)
+    assert len(points) == 30 and all(sorted(p.seed for p in g) == list(range(5)) for g in groups.values())
+    regimes = set()
+    for p in points:
+        preset, _ = read_config_source(p.regime)  # each regime is its preset, unchanged but the seed
+        assert p.config == {**preset, "seed": p.seed}
+        regimes.add((p.config["data"]["task"], p.config["model"]["causal"], p.config["loss"]))
+    assert regimes == {(t, c, l) for t in ("ar", "ih") for c, l in ((True, "all"), (True, "last"), (False, "last"))}
+    assert len(expand(load_sweep("quick_causal_vs_noncausal"))) == 18
+
+
+def test_importing_the_sweep_code_pulls_no_ray_or_torch():
+    code = ("import sys, models, models.sweep_spec; a = [m for m in ('ray', 'torch') if m in sys.modules];"
+            "import hyenalens.sweep; b = [m for m in ('ray',) if m in sys.modules]; print(','.join(a + b))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0 and r.stdout.strip() == "", (r.stdout, r.stderr)
