@@ -23,7 +23,9 @@ centered pad = (k−1)//2). H_tok,c = H_c S_c, and hook_y = H_tok · v_in + H ·
 Everything is computed in float64 from the layer's own hooks (`hook_gate_{i}`, `hook_v`,
 `hook_filter`, `hook_filter_rev`) and parameters (D, short-conv taps), so the identity
 `hook_y[b, i, c] = Σ_j H[b, c, i, j] · hook_v[b, j, c]` holds to float32 round-off (the model's
-FFT convolution is the only inexact side).
+FFT convolution is the only inexact side). One exception, for speed: the channel aggregates of
+an order-2 layer (interp/implicit_order2.py, the scores' map) use float32 arithmetic when the
+result is float32 (≤1e-6 relative from float64), float64 when `dtype=torch.float64`.
 
 Return convention (shared by every caller; figures and scores never branch on model type):
 
@@ -286,6 +288,12 @@ def hyena_implicit_attention(
         out = torch.empty((b, L, L), dtype=out_dtype, device=dev)
         if aggregate == "out_weighted":
             wts = ops.out_norm / ops.out_norm.sum().clamp_min(torch.finfo(torch.float64).tiny)
+    if aggregate is not None and ops.order == 2:  # the fast path (interp/implicit_order2.py)
+        from interp.implicit_order2 import order2_aggregate
+
+        if aggregate == "mean_abs":
+            wts = torch.full((d,), 1.0 / d, dtype=torch.float64, device=dev)
+        return order2_aggregate(ops, level, wts, out, row_normalize if normalize else None, row_block)
     for i0 in range(0, L, r):
         rows = torch.arange(i0, min(L, i0 + r), device=dev)
         R = _h_rows(ops, rows)
@@ -352,7 +360,8 @@ def implicit_attention(
       - any aggregate: its head mean [b, L, L]. `level` and `row_block` do not apply.
     `normalize_rows=True` divides each row by the sum of its |entries| (display and scores).
     The model runs in eval mode without gradients (its training flag is restored); the result
-    is in the activations' dtype unless `dtype` is given (Hyena maps are computed in float64).
+    is in the activations' dtype unless `dtype` is given (Hyena maps are computed in float64,
+    order-2 aggregates in the result's dtype: see the module doc).
     """
     _check_tokens(tokens)
     if level not in LEVELS:

@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch.nn.modules.module as _nn_module
 from transformer_lens.utilities import Slice
 from transformer_lens.utilities import remove_batch_dim as drop_batch_dim
 
 PARAM_LIKE = (".hook_filter", ".hook_filter_rev")
+
+
+def hook_idle(hp) -> bool:
+    """True when calling HookPoint `hp` would be the identity with no side effect: no forward
+    or backward hook on it, and no global module hook. Modules may then take a fused path that
+    skips the hooked intermediate (same math, float round-off apart)."""
+    return not (hp._forward_hooks or hp._forward_pre_hooks or hp._backward_hooks or hp._backward_pre_hooks
+                or _nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
+                or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks)
 
 
 def is_param_like(name: str) -> bool:

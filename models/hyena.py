@@ -6,9 +6,13 @@ Safari semantics, gate then convolve (science.md, "Hyena operator"):
     z = v;  for o = 0 … N−2:  z ← x^{N-1-o} ⊙ z;  z ← h^o ∗ z + D^o ⊙ z
     y = out_proj(act(x^0 ⊙ z))
 
-Causal: linear convolution with FFT size 2L (safari's `fftconv_ref`), first L outputs kept,
-short conv left-padded. Non-causal: a backward implicit filter covers lags −1…−(L−1) (lag 0
-stays with the forward filter), and the short conv is centered.
+Causal: linear convolution by FFT (size ≥ 2L−1, first L outputs kept; safari's `fftconv_ref`
+uses exactly 2L), short conv left-padded. Non-causal: a backward implicit filter covers lags
+−1…−(L−1) (lag 0 stays with the forward filter), and the short conv is centered.
+
+Speed (models/fftconv.py, numbers in BENCHMARKS.md): both convolutions are custom autograd
+Functions in the [b, L, channels] layout, the FFT size is an even 5-smooth length, and in eval
+without gradients the materialized filters and their spectra are cached (models/filter_cache.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from models.fftconv import circular_kernel, fft_conv, fft_size, short_conv
+from models.filter_cache import FilterCache
 from models.filters import HyenaFilter
 
 
@@ -69,18 +75,15 @@ def long_conv(
 ) -> Float[Tensor, "b L d"]:
     """y_i = Σ_{j≤i} h[i−j] z_j + Σ_{j>i} h_rev[j−i] z_j + D z_i (second sum only if h_rev).
 
-    FFT size 2L as in safari's `fftconv_ref`, so the circular convolution never wraps:
-    lags 0…L−1 sit at indices 0…L−1 and lags −1…−(L−1) at 2L−1…L+1.
+    A linear convolution by FFT of size `fft_size(L)` ≥ 2L−1, so the circular convolution never
+    wraps: lags 0…L−1 sit at indices 0…L−1 and lags −1…−(L−1) at n−1…n−L+1.
     """
-    L = z.shape[-2]
-    n = 2 * L
-    k_f = torch.fft.rfft(h.t(), n=n, dim=0)  # [n//2+1, d]
-    if h_rev is not None:
-        # conj of the spectrum = the time-reversed kernel; h_rev[:, 0] is zero by contract
-        k_f = k_f + torch.fft.rfft(h_rev.t(), n=n, dim=0).conj()
-    z_f = torch.fft.rfft(z, n=n, dim=-2)  # [b, n//2+1, d]
-    y = torch.fft.irfft(z_f * k_f, n=n, dim=-2)[..., :L, :]
-    return y + z * D
+    return fft_conv(z, D, k=circular_kernel(h, h_rev, fft_size(z.shape[-2])))
+
+
+def _untouched(out: Tensor, given: Tensor) -> bool:
+    """True when a hook passed `given` (a fresh copy, version 0) through unchanged."""
+    return out is given and given._version == 0
 
 
 class HyenaOperator(nn.Module):
@@ -142,6 +145,7 @@ class HyenaOperator(nn.Module):
             )
         self.dropout = nn.Dropout(dropout)
         self.activation = make_activation(activation)
+        self._filter_cache = FilterCache()
 
         self.hook_in_proj = HookPoint()
         self.hook_short = HookPoint()
@@ -181,6 +185,45 @@ class HyenaOperator(nn.Module):
         """D^o per step, from safari's `(v o)` layout of `filter_fn.bias`."""
         return self.filter_fn.skip_bias().view(self.d_model, self.order - 1).t()
 
+    def _filter_tensors(self) -> list[Tensor]:
+        """Every tensor the long filters are a function of (the cache's key)."""
+        mods = [self.filter_fn] + ([] if self.causal else [self.filter_fn_rev])
+        return [t for m in mods for t in (*m.parameters(), *m.buffers())]
+
+    def _long_filters(self, L: int, n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(h, h_rev, spectrum of their circular kernel or None) for one forward.
+
+        With gradients (or in train mode) the filters are re-materialized, as safari does.
+        In eval without gradients they come from the cache, which re-checks every filter
+        tensor by identity and content (a changed parameter, a reloaded state dict, a `.data`
+        write all miss) and hands out fresh copies, so a hook that edits them in place cannot
+        corrupt it."""
+        if self.training or torch.is_grad_enabled():
+            return self.filters(L), (None if self.causal else self.filters_rev(L)), None
+        # normal tensors even under inference_mode: the hook check below reads their versions
+        with torch.inference_mode(False), torch.no_grad():
+            tensors = self._filter_tensors()
+            hit = self._filter_cache.get((L, n), tensors)
+            if hit is None:
+                h = self.filters(L).contiguous()
+                h_rev = None if self.causal else self.filters_rev(L).contiguous()
+                hit = (h, h_rev, torch.fft.rfft(circular_kernel(h, h_rev, n), n=n))
+                self._filter_cache.put((L, n), tensors, hit)
+            h, h_rev, spec = hit
+            return h.clone(), (None if h_rev is None else h_rev.clone()), spec
+
+    def train(self, mode: bool = True) -> "HyenaOperator":
+        self._filter_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._filter_cache.clear()  # .to(), .float(), .cuda(): new tensors
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._filter_cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
     # ---- forward --------------------------------------------------------------------------
     def forward(self, u: Float[Tensor, "b L d"]) -> Float[Tensor, "b L d"]:
         L = u.shape[-2]
@@ -188,17 +231,25 @@ class HyenaOperator(nn.Module):
             raise ValueError(f"sequence length {L} exceeds l_max {self.l_max}; build with l_max >= {L}")
         d, N = self.d_model, self.order
         z = self.hook_in_proj(self.in_proj(u))  # [b, L, (N+1)d]
-        zc = self.short_filter(z.transpose(1, 2))[..., :L]  # [b, (N+1)d, L]
-        zc = self.hook_short(zc.transpose(1, 2))  # [b, L, (N+1)d]
+        conv = self.short_filter
+        zc = self.hook_short(short_conv(z, conv.weight, conv.bias, conv.padding[0]))  # [b, L, (N+1)d]
         *xs, v = zc.split(d, dim=-1)
         xs = [getattr(self, f"hook_gate_{i}")(x) for i, x in enumerate(xs)]
         v = self.hook_v(v)
-        h = self.hook_filter(self.filters(L))
-        h_rev = None if self.causal else self.hook_filter_rev(self.filters_rev(L))
+        n = fft_size(L)
+        h0, h_rev0, spec = self._long_filters(L, n)
+        h = self.hook_filter(h0)
+        h_rev = None if self.causal else self.hook_filter_rev(h_rev0)
+        if spec is not None and not (_untouched(h, h0) and (h_rev is None or _untouched(h_rev, h_rev0))):
+            spec = None  # a hook replaced or edited a filter: use what it gave
         D = self.skip_bias()
+        if torch.is_grad_enabled():
+            k, spec = circular_kernel(h, h_rev, n), None
+        elif spec is None:
+            spec = torch.fft.rfft(circular_kernel(h, h_rev, n), n=n)
         for o in range(N - 1):
             v = self.dropout(v * xs[N - 1 - o])
-            v = long_conv(v, h[o], D[o], None if h_rev is None else h_rev[o])
+            v = fft_conv(v, D[o], k=k[o]) if spec is None else fft_conv(v, D[o], spectrum=spec[o])
             v = getattr(self, f"hook_conv_{o}")(v)
         y = self.hook_y(v * xs[0])
         return self.out_proj(self.activation(y))

@@ -24,6 +24,7 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from models.hooks import hook_idle
 from models.hyena import HyenaOperator
 
 
@@ -99,8 +100,10 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "b L d"]) -> Float[Tensor, "b L d"]:
+        if hook_idle(self.hook_normalized):  # one fused kernel (2.5x faster fwd+bwd, BENCHMARKS.md)
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, eps=self.eps)
         x = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        return self.hook_normalized(x) * self.weight + self.bias
+        return torch.addcmul(self.bias, self.hook_normalized(x), self.weight)
 
 
 class MLP(nn.Module):

@@ -1,0 +1,67 @@
+"""Side-by-side timing: the variants of one case run interleaved, round after round, and each
+is summarized by its median. On a shared machine the load drifts; interleaving puts every
+variant under the same drift, so their ratio holds where absolute times do not.
+
+Hand-written rather than torch.utils.benchmark: its Timer measures one statement at a time
+(no interleaving of competing variants), and its adaptive repeat counts would not keep the
+whole suite inside its time budget.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Timings:
+    """Seconds per call of every variant, one entry per round."""
+
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.samples[name])
+
+    def ratio(self, a: str, b: str) -> float:
+        """The median over rounds of a's time / b's time in the same round: paired, so that a
+        load change between rounds cancels out."""
+        return statistics.median(x / y for x, y in zip(self.samples[a], self.samples[b]))
+
+    def spread(self, name: str) -> str:
+        """Interquartile range relative to the median, as text (how noisy the machine was)."""
+        s = sorted(self.samples[name])
+        if len(s) < 4:
+            return "–"
+        q = statistics.quantiles(s, n=4)
+        return f"{(q[2] - q[0]) / statistics.median(s):.0%}"
+
+
+def compare(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device: str = "cpu",
+            tick: Callable[[], None] | None = None) -> Timings:
+    """Run every variant `warmup` times, then `rounds` rounds of one call each, interleaved
+    (the order rotates every round so that no variant always runs first)."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    _sync(device)
+    out = Timings({n: [] for n in names})
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            _sync(device)
+            t0 = time.perf_counter()
+            variants[name]()
+            _sync(device)
+            out.samples[name].append(time.perf_counter() - t0)
+        if tick is not None:
+            tick()
+    return out
