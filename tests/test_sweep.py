@@ -128,6 +128,24 @@ def test_analyze_sweep_dir_gives_per_group_bootstrap_cis(local, capsys):
         assert g["seed_claim"]["verdict"] in ("consistent", "not consistent", "undetermined")
 
 
+def test_report_on_sweep_dir_groups_runs_by_sweep_point_with_cis(local, tmp_path, capsys):
+    _, out = local
+    assert main(["analyze", str(out)]) == 0
+    group = json.loads((out / "analysis" / "formation_group.json").read_text())
+    rep = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    summary = json.loads((rep / "summary.json").read_text())
+    assert set(summary["regimes"]) == set(GROUPS)  # one group per sweep point, not pooled by regime
+    for name, reg in summary["regimes"].items():
+        assert reg["n_runs"] == 2 and sorted(reg["seeds"]) == [0, 1]
+        mid, want = reg["midpoint_test_acc_last"], group["groups"][name]["jump_midpoint"]["steps"]
+        (lo, hi), mean = mid["ci"], mid["mean"]
+        assert mid["n"] == 2 and mid["source"] == "analyze_group" and lo <= mean <= hi
+        assert (mean, lo, hi) == pytest.approx((want["value"], want["lo"], want["hi"]))
+    page = (rep / "index.html").read_text()
+    assert all(name in page for name in GROUPS)
+
+
 def test_ray_backend_on_a_local_cluster_gives_the_same_runs(local, tmp_path):
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed here (pip install 'hyenalens[ray]'); the Ray backend was not run")
