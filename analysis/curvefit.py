@@ -49,8 +49,12 @@ class _VarPro:
             phi = np.column_stack([np.ones_like(self.x), e])
             q, r = np.linalg.qr(phi)
             d = np.abs(np.diag(r))
-            c = (solve_triangular(r, q.T @ self.y) if d.min() > 1e-9 * d.max()
-                 else _levels(phi, self.y))  # a phase gone flat: Φ is rank-deficient
+            if not np.isfinite(phi).all():  # a trial step off to infinity: NaN residuals make
+                c = np.full(phi.shape[1], np.nan)  # least_squares reject it (LAPACK would print)
+            elif d.min() > 1e-9 * d.max():
+                c = solve_triangular(r, q.T @ self.y)
+            else:  # a phase gone flat: Φ is rank-deficient
+                c = _levels(phi, self.y)
             self.key, self.val = th.tobytes(), (phi, e, z, s, h, q, c)
         return self.val
 

@@ -178,3 +178,20 @@ def test_safari_train_accuracy_jumps_with_the_second_test_jump(safari):
         assert any(t.onset <= test2.end and test2.onset <= t.end for t in safari[key]), key
     train2 = safari["train_acc_all"][1]
     assert 0.50 < train2.low < 0.56 and train2.high > 0.58  # 0.52 → 0.59, as safari logs
+
+
+def test_a_non_finite_trial_step_gives_nan_residuals_without_lapack(monkeypatch):
+    """least_squares may try a step whose sigmoid basis overflows; the residual must come back
+    NaN (the step is rejected) without handing NaN to LAPACK, which prints "DLASCL ... illegal
+    value" to stderr from C (seen in a sweep's analyze stage)."""
+    from analysis import curvefit
+
+    def no_lapack(*a, **k):
+        raise AssertionError("lstsq called on a non-finite basis")
+
+    monkeypatch.setattr(curvefit.np.linalg, "lstsq", no_lapack)
+    x = np.linspace(0.0, 5.0, 20)
+    vp = curvefit._VarPro(x, 1.0 / (1.0 + np.exp(-(x - 2.5))))
+    r = vp.resid(np.array([np.inf, np.inf]))
+    assert r.shape == x.shape and np.isnan(r).all()
+    assert np.isfinite(vp.resid(np.array([2.0, 3.0]))).all()  # a normal point still fits
