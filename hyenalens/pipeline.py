@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -33,10 +33,11 @@ class Job:
     overrides: tuple[str, ...] = ()
 
 
-def _worker_init() -> None:
+def worker_init(threads: int = 1) -> None:
+    """Each worker process trains with a fixed torch thread count (1: bit-identical reruns)."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -65,19 +66,37 @@ def run_job(job: Job) -> dict[str, Any]:
             "jumps": formation["transitions"].get("test_acc_last", [])}
 
 
-def run_jobs(jobs: list[Job], workers: int | None = None, quiet: bool = False) -> list[dict[str, Any]]:
-    """Run jobs in one pool of `workers` processes (default: the cores, at most len(jobs))."""
+def run_jobs(jobs: list[Job], workers: int | None = None, quiet: bool = False, *, threads: int = 1,
+             run: Callable[[Job], dict[str, Any]] = run_job,
+             on_result: Callable[[dict[str, Any]], None] | None = None, desc: str = "runs") -> list[dict[str, Any]]:
+    """Run jobs in one spawn pool of `workers` processes (default: the cores, at most len(jobs)),
+    each with `threads` torch threads. `run` (a module-level function, so it pickles) is called
+    per job in a worker; `on_result` is called in this process as each result arrives. With one
+    worker the jobs run here, and this process's thread count is restored afterwards."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def done(res: dict[str, Any]) -> None:
+        results.append(res)
+        if on_result is not None:
+            on_result(res)
+
     if workers == 1:
-        _worker_init()
-        for job in tqdm(jobs, desc="runs", disable=quiet, unit="run"):
-            results.append(run_job(job))
-        return results
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="runs", disable=quiet, unit="run"):
-            results.append(fut.result())
+        import torch
+
+        before = torch.get_num_threads()
+        worker_init(threads)
+        try:
+            for job in tqdm(jobs, desc=desc, disable=quiet, unit="run"):
+                done(run(job))
+        finally:
+            torch.set_num_threads(before)
+    else:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(run, job) for job in jobs]
+            for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, disable=quiet, unit="run"):
+                done(fut.result())
     return sorted(results, key=lambda r: r["run"])
 
 

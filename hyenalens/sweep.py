@@ -19,16 +19,14 @@ import hashlib
 import importlib.util
 import json
 import logging
-import multiprocessing as mp
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Callable
 
 from tqdm import tqdm
 
-from hyenalens.pipeline import Job, run_job
+from hyenalens.pipeline import Job, run_job, run_jobs, worker_init
 from models.errors import UserError
 from models.io import atomic_write_json
 from models.sweep_spec import SWEEP_FORMAT, Point, expand, load_sweep, sweep_record
@@ -109,39 +107,9 @@ def _run_one(job: Job) -> dict[str, Any]:
         return {"run": job.out, "error": (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0]}
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _ray_task(job: Job, threads: int) -> dict[str, Any]:
-    _init_worker(threads)
+    worker_init(threads)
     return _run_one(job)
-
-
-def _run_local(jobs: list[Job], workers: int | None, threads: int, quiet: bool,
-               on_result: Callable[[dict[str, Any]], None]) -> None:
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc="sweep", unit="run", disable=quiet)
-    if workers == 1:  # in this process, as pipeline.run_jobs does; the caller's threads are restored
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for job in jobs:
-                on_result(_run_one(job))
-                bar.update()
-        finally:
-            torch.set_num_threads(before)
-            bar.close()
-        return
-    with bar, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                  initargs=(threads,)) as pool:
-        for fut in as_completed([pool.submit(_run_one, job) for job in jobs]):
-            on_result(fut.result())
-            bar.update()
 
 
 def _import_ray():
@@ -238,7 +206,7 @@ def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: s
         if jobs and backend == "ray":
             _run_ray(ray, jobs, threads, quiet, on_result)
         elif jobs:
-            _run_local(jobs, workers, threads, quiet, on_result)
+            run_jobs(jobs, workers, quiet, threads=threads, run=_run_one, on_result=on_result, desc="sweep")
     skipped = [{**rec, "name": n, "skipped": True, "steps_trained": 0} for n, rec in done.items()]
     failed = [r for r in results if "error" in r]
     group = analyze_sweep(out, reuse_group=not results) if len(failed) < len(points) else None

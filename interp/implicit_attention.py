@@ -51,6 +51,8 @@ from torch import Tensor
 from models.build import is_hyena
 from models.errors import UserError
 
+from interp.implicit_order2 import order2_aggregate
+
 Level = Literal["value", "token"]
 Aggregate = Literal["mean_abs", "out_weighted"]
 LEVELS = ("value", "token")
@@ -289,8 +291,6 @@ def hyena_implicit_attention(
         if aggregate == "out_weighted":
             wts = ops.out_norm / ops.out_norm.sum().clamp_min(torch.finfo(torch.float64).tiny)
     if aggregate is not None and ops.order == 2:  # the fast path (interp/implicit_order2.py)
-        from interp.implicit_order2 import order2_aggregate
-
         if aggregate == "mean_abs":
             wts = torch.full((d,), 1.0 / d, dtype=torch.float64, device=dev)
         return order2_aggregate(ops, level, wts, out, row_normalize if normalize else None, row_block)

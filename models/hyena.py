@@ -11,8 +11,8 @@ uses exactly 2L), short conv left-padded. Non-causal: a backward implicit filter
 −1…−(L−1) (lag 0 stays with the forward filter), and the short conv is centered.
 
 Speed (models/fftconv.py, numbers in BENCHMARKS.md): both convolutions are custom autograd
-Functions in the [b, L, channels] layout, the FFT size is an even 5-smooth length, and in eval
-without gradients the materialized filters and their spectra are cached (models/filter_cache.py).
+Functions in the [b, L, channels] layout, the FFT size is the smallest even n ≥ 2L−1 without
+prime factors above 13 (`fftconv.fft_size`), and in eval without gradients the materialized filters and their spectra are cached (models/filter_cache.py).
 """
 from __future__ import annotations
 
