@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from models.errors import UserError
+from models.runtime import tune_malloc
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_malloc()  # models/runtime.py: reuse freed activation memory (capture is 1.15x → 1.07x)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

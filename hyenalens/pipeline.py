@@ -37,7 +37,10 @@ def worker_init(threads: int = 1) -> None:
     """Each worker process trains with a fixed torch thread count (1: bit-identical reruns)."""
     import torch
 
+    from models.runtime import tune_malloc
+
     torch.set_num_threads(threads)
+    tune_malloc()
 
 
 def run_job(job: Job) -> dict[str, Any]:

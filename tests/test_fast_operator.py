@@ -63,6 +63,24 @@ def test_fft_conv_and_short_conv_gradients_match_autograd():
         assert torch.autograd.gradcheck(lambda z, w, b: short_conv(z, w, b, pad), (z, w, b))
 
 
+def test_long_conv_outputs_and_gradients_keep_the_row_layout():
+    # the FFT runs on a transposed view; a transposed result would slow every op after it
+    g = torch.Generator().manual_seed(0)
+    L, d = 12, 4
+    z = torch.randn(3, L, d, generator=g, requires_grad=True)
+    h = torch.randn(d, L, generator=g, requires_grad=True)
+    D = torch.randn(d, generator=g, requires_grad=True)
+    out = fft_conv(z, D, k=circular_kernel(h, None, fft_size(L)))
+    assert out.is_contiguous()
+    grads = []
+    z.register_hook(lambda gz: grads.append(gz.is_contiguous()))
+    out.backward(torch.randn(3, L, d, generator=g))
+    assert grads == [True]
+    with torch.no_grad():
+        spec = torch.fft.rfft(circular_kernel(h, None, fft_size(L)))
+        assert fft_conv(z, D, spectrum=spec).is_contiguous()
+
+
 @pytest.mark.parametrize("k, causal", [(1, True), (3, True), (3, False), (5, True), (5, False)])
 @pytest.mark.parametrize("L", [1, 2, 4, 17])
 def test_short_conv_equals_conv1d(k, causal, L):
