@@ -167,18 +167,18 @@ class HyenaOperator(nn.Module):
         return names + [f"hook_conv_{o}" for o in range(self.order - 1)] + ["hook_y"]
 
     # ---- filters --------------------------------------------------------------------------
-    def _split_orders(self, h: Float[Tensor, "L dn"]) -> Float[Tensor, "n d L"]:
-        L = h.shape[0]
+    def _split_orders(self, h: Float[Tensor, "dn L"]) -> Float[Tensor, "n d L"]:
+        L = h.shape[-1]
         # safari's channel layout interleaves (v o): channel v*(N−1)+o is step o
-        return h.view(L, self.d_model, self.order - 1).permute(2, 1, 0)
+        return h.view(self.d_model, self.order - 1, L).transpose(0, 1)
 
     def filters(self, L: int) -> Float[Tensor, "n d L"]:
         """Forward long filters h^o, entry k at lag k."""
-        return self._split_orders(self.filter_fn.filter(L))
+        return self._split_orders(self.filter_fn.filter_t(L))
 
     def filters_rev(self, L: int) -> Float[Tensor, "n d L"]:
         """Backward long filters, entry k at lag −k; lag 0 is zeroed (it is the forward's)."""
-        h = self._split_orders(self.filter_fn_rev.filter(L))
+        h = self._split_orders(self.filter_fn_rev.filter_t(L))
         return torch.cat([torch.zeros_like(h[..., :1]), h[..., 1:]], dim=-1)
 
     def skip_bias(self) -> Float[Tensor, "n d"]:

@@ -180,3 +180,55 @@ def test_fused_layer_norm_matches_the_hooked_path():
         watch = [(lambda n: n.endswith("hook_normalized"), lambda t, hook: None)]  # attached: the unfused path
         hooked = model.run_with_hooks(tokens, fwd_hooks=watch)
     torch.testing.assert_close(fused, hooked, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- the filter's fast path
+@pytest.mark.parametrize("normalized, shift", [(False, 0.0), (True, 0.1)])
+def test_fast_filter_equals_safaris_module_path_with_gradients(normalized, shift):
+    from models.filters import HyenaFilter
+
+    torch.manual_seed(0)
+    f = HyenaFilter(12, 40, emb_dim=5, order=16, w=10.0, normalized=normalized, shift=shift,
+                    modulation_lr=1e-3).double()  # δ a parameter: the window is not cached
+    L = 33
+    fast, ref = f.filter_t(L), f.filter(L).t()
+    torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(fast)
+    params = [p for n, p in f.named_parameters() if n != "bias"]  # D: not part of the filter
+    assert any(p is f.pos_emb.z for p in params)  # lr_pos_emb > 0: z is trained too
+    grads_fast = torch.autograd.grad((fast * g).sum(), params)
+    grads_ref = torch.autograd.grad((ref * g).sum(), params)
+    for p, a, b in zip(params, grads_fast, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_sin_gradients_match_autograd():
+    from models.filters import linear_sin
+
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((7, 3), (4, 3), (4,), (4,))]
+    assert torch.autograd.gradcheck(linear_sin, args)
+    assert torch.autograd.gradcheck(lambda x, A, w: linear_sin(x, A, None, w), (args[0], args[1], args[3]))
+
+
+@pytest.mark.parametrize("change", ["data", "in_place", "load_state_dict", "length"])
+def test_the_cached_window_follows_its_inputs(change):
+    from models.filters import ExponentialModulation, PositionalEmbedding
+
+    mod, pe = ExponentialModulation(6), PositionalEmbedding(3, 20)
+    assert not mod.deltas.requires_grad  # modulation_lr = 0: δ is a buffer, the window is cached
+    L = 20
+    first = mod.window_t(pe(L)[1])
+    assert mod.window_t(pe(L)[1]) is first  # served from the cache
+    if change == "data":
+        mod.deltas.data = mod.deltas.data * 2
+    elif change == "in_place":
+        mod.deltas.mul_(2)
+    elif change == "load_state_dict":
+        mod.load_state_dict({"deltas": mod.deltas * 2})
+    else:
+        L = 11
+    t = pe(L)[1]
+    expect = torch.exp(-t * mod.deltas.abs())[0].t()  # safari's expression, [d, L]
+    torch.testing.assert_close(mod.window_t(t), expect, rtol=0, atol=0)
+    assert not torch.equal(mod.window_t(t)[:, :L], first[:, :L]) or change == "length"
