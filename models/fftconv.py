@@ -105,6 +105,8 @@ class _FFTConv(torch.autograd.Function):
             gz = _addcmul_rows(torch.fft.irfft(G * K.conj(), n=n)[..., :L].transpose(-1, -2), g, D)
         if ctx.needs_input_grad[1]:
             lead = G.dim() - ctx.k_dim
+            if lead == 1 and G.shape[0] == 1:  # one sequence: a product, no reduction (0.26x)
+                G, Z, lead = G[0], Z[0], 0
             GZ = G * Z.conj() if lead == 0 else torch.linalg.vecdot(Z, G, dim=0) if lead == 1 \
                 else (G * Z.conj()).sum(tuple(range(lead)))
             gk = torch.fft.irfft(GZ, n=n)
