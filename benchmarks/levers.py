@@ -92,6 +92,10 @@ def run(plan, bar, provenance: str) -> list[Section]:
              "fused": _fb(lambda z: F.layer_norm(z, (d,), ln_w, ln_b), z)})
         model = build_model(dict(kind="hyena", vocab_size=10, d_model=d, n_layers=2, l_max=L), seed=0).to(dev).eval()
         op, x = model.blocks[0].mixer, rnd(b, L, d)
+        f, gh = op.filter_fn, rnd(d, L)
+        add("filter: Linear→Sin as one Function, channels-first, window kept (ours) vs safari's module path",
+            f"fwd+bwd, L={L}", "modules", "ours",
+            {"modules": lambda: f.filter(L).t().backward(gh), "ours": lambda: f.filter_t(L).backward(gh)})
 
         def cold():
             op._filter_cache.clear()
