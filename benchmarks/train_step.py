@@ -3,6 +3,7 @@ and the TransformerLens attention baseline, side by side; and the operator alone
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 
 import torch
@@ -40,8 +41,12 @@ def run(plan, bar, provenance: str) -> list[Section]:
         y = torch.randint(0, 10, (b, L), generator=g).to(dev)
         ours = build_model(dict(kind="hyena", vocab_size=10, d_model=d, n_layers=2, l_max=L), seed=0).to(dev).train()
         ref = reference_lm(ours).train()
+        free = copy.deepcopy(ours)
+        for block in free.blocks:  # a free operator: what the step costs without any mixer
+            block.mixer = torch.nn.Identity()
         variants = {"ours": _step(ours, AdamW(param_groups(ours, 0.1), lr=1e-3), x, y),
-                    "ref": _step(ref, ReferenceAdamW(param_groups(ref, 0.1), lr=1e-3), x, y)}
+                    "ref": _step(ref, ReferenceAdamW(param_groups(ref, 0.1), lr=1e-3), x, y),
+                    "free": _step(free, AdamW(param_groups(free, 0.1), lr=1e-3), x, y)}
         with_att = L <= plan.attention_max_len
         if with_att:
             with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device"
@@ -56,6 +61,7 @@ def run(plan, bar, provenance: str) -> list[Section]:
         if target is not None:
             checks.append((f"train step L={L}: ours / reference", r, target))
         rows.append([L, b, _ms(t.median("ours")), _ms(t.median("ref")), f"**{r:.2f}**", verdict,
+                     _ms(t.median("free")), f"{t.ratio('free', 'ref'):.2f}",
                      _ms(t.median("attention")) if with_att else "skipped",
                      f"{t.ratio('ours', 'attention'):.2f}" if with_att else "", t.spread("ours")])
         # the operator alone: where the two differ
@@ -78,7 +84,7 @@ def run(plan, bar, provenance: str) -> list[Section]:
         op.train()
         op_rows.append([L, b, _ms(to.median("ours")), _ms(to.median("ref")), f"{to.ratio('ours', 'ref'):.2f}",
                         _ms(te.median("ours")), _ms(te.median("ref")), f"{te.ratio('ours', 'ref'):.2f}"])
-        del ours, ref, variants
+        del ours, ref, free, variants
     train = Section(
         "train", "Train step: HyenaLM vs the reference", provenance,
         text=["One optimizer step (forward, cross-entropy on every position, backward, AdamW) of a "
@@ -86,10 +92,13 @@ def run(plan, bar, provenance: str) -> list[Section]:
               "operator and a per-parameter AdamW loop (benchmarks/reference.py: safari's algorithm, FFT "
               "size exactly 2L, filter re-materialized every call, `nn.Conv1d` short conv, autograd "
               "throughout; a test checks it against our operator to 1e-5). Attention: the TransformerLens "
-              f"baseline of the same width and depth with our AdamW. Median of interleaved rounds "
+              "baseline of the same width and depth with our AdamW. *No operator*: the same step with "
+              "each mixer replaced by the identity, i.e. everything the two sides share; its ratio to "
+              "the reference bounds what any operator can reach. Median of interleaved rounds "
               f"(ms per step); ratio = median over rounds of ours / reference within the round; spread = "
               "interquartile range / median of ours."],
-        tables=[(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "attention ms",
+        tables=[(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "no operator ms",
+                  "no operator / ref", "attention ms",
                   "ours / attention", "spread"], rows)], checks=checks)
     op = Section(
         "operator", "The Hyena operator alone", provenance,
