@@ -16,9 +16,19 @@ import yaml
 from models.errors import UserError
 
 
-# ---- YAML: floats like 5e-4 are floats (YAML 1.1 would read them as strings) ---------------
+# ---- YAML: floats like 5e-4 are floats (YAML 1.1 would read them as strings), and a key
+# given twice in one mapping is an error (YAML requires unique keys; PyYAML keeps the last) ----
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable keys are left to the structure checks
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -32,13 +42,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str,
+               duplicate_hint: str = "only the last value would count, so keep one") -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if problem.startswith("duplicate key"):
+            raise UserError(f"{source}: {problem}{where}; {duplicate_hint}") from None
         raise UserError(f"{source} is not valid YAML{where} ({problem}); fix the syntax") from None
 
 

@@ -16,9 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from models.config_source import _Loader, read_config_source
+from models.config_source import parse_yaml, read_config_source
 from models.errors import UserError
 
 SWEEP_FORMAT = "hyenalens-sweep/1"
@@ -61,22 +59,6 @@ class Point:
 
 
 # ---- reading ------------------------------------------------------------------------------
-class _UniqueKeys(_Loader):
-    """YAML with duplicate mapping keys refused: two regimes (or grid axes) under one name
-    would silently collapse into one in plain YAML."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)):
-                continue  # unhashable keys are left to the structure checks
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def sweep_names() -> list[str]:
     return sorted(p.name[:-5] for p in _sweeps_dir().iterdir() if p.name.endswith(".yaml"))
 
@@ -107,16 +89,8 @@ def load_sweep(name_or_path: str) -> SweepSpec:
             raise UserError(f"no sweep file or shipped sweep named {name_or_path!r}; {hint}"
                             f"shipped sweeps: {', '.join(sweep_names())}")
         text, source, base_dir, stem = res.read_text(encoding="utf-8"), f"sweep {name_or_path}", None, name_or_path
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeys)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        if problem.startswith("duplicate key"):
-            raise UserError(f"{source}: {problem}{where}; two entries with one name would give duplicate "
-                            "run names, so keep one") from None
-        raise UserError(f"{source} is not valid YAML{where} ({problem}); fix the syntax") from None
+    raw = parse_yaml(text, source, duplicate_hint="two entries with one name would give duplicate run names, "
+                     "so keep one")
     return parse_sweep(raw, source, base_dir, default_name=_UNSAFE.sub("-", stem))
 
 

@@ -104,6 +104,8 @@ CASES = [
     ("config-is-a-directory", lambda t, c, m: ([str(t) + "/"], None), "is a directory"),
     ("bad-yaml", lambda t, c, m: ([_write(t, "bad.yaml", "model: [unclosed\n")], None), "not valid YAML"),
     ("not-utf8", lambda t, c, m: ([_write(t, "bin.yaml", b"\xff\xfe\x00bad")], None), "cannot read config"),
+    ("duplicate-key", lambda t, c, m: ([_write(t, "dup.yaml", c.read_text() + "seed: 3\nseed: 4\n")], None),
+     "duplicate key 'seed' at line"),
     ("not-a-mapping", lambda t, c, m: ([_write(t, "list.yaml", "- a\n- b\n")], None), "must be a YAML mapping"),
     ("unknown-preset", lambda t, c, m: (["ar_causl_all"], None), "did you mean ar_causal_all"),
     ("override-without-equals", lambda t, c, m: ([str(c), "model.d_model"], None), "is not KEY=VALUE"),
