@@ -155,7 +155,7 @@ def run_info(run_dir) -> dict:
     """Name, regime and seed of a run from its config.yaml (and run.json), where present."""
     run_dir = Path(run_dir)
     info = {"name": run_dir.resolve().name, "regime": None, "model_kind": None,
-            "causal": None, "loss": None, "seed": None, "config": False}
+            "causal": None, "loss": None, "seed": None, "task": None, "config": False}
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
         cfg = _read_yaml(cfg_path)
@@ -164,7 +164,9 @@ def run_info(run_dir) -> dict:
         loss = cfg.get("loss") if isinstance(cfg.get("loss"), str) else None
         seed = cfg.get("seed") if isinstance(cfg.get("seed"), int) else None
         kind, causal = model.get("kind"), model.get("causal")
-        info.update(model_kind=kind, causal=causal, loss=loss, seed=seed)
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        task = data.get("task") if isinstance(data.get("task"), str) else None
+        info.update(model_kind=kind, causal=causal, loss=loss, seed=seed, task=task)
         if isinstance(cfg.get("regime"), str):
             info["regime"] = cfg["regime"]
         elif isinstance(kind, str) and isinstance(causal, bool) and loss:
@@ -307,7 +309,8 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
                   write_runs: bool = True, reuse: bool = True) -> dict:
     """Analyze several runs (each as ``analyze_run``, writing its formation.json unless
     ``write_runs=False``; with ``reuse`` a formation.json newer than the run's metrics files
-    and written with the same parameters is read instead of recomputed), group them (``group_by``: "regime" or "run" name) and bootstrap over
+    and written with the same parameters is read instead of recomputed), group them (``group_by``: "regime",
+    prefixed with the task when the runs span several, or "run" name) and bootstrap over
     seeds: jump midpoint, the seed claim with its verdict, each curve's lead/lag, steps to 99%
     test accuracy. Writes the combined JSON to ``out_path`` (atomically) when given."""
     if group_by not in ("regime", "run"):
@@ -315,10 +318,16 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise UserError("no run directories given; pass at least one")
+    results = [(reuse and _fresh_formation(d)) or analyze_run(d, write=write_runs) for d in run_dirs]
+    # the task from config.yaml now (a reused formation.json may predate the "task" field)
+    tasks = [run_info(d)["task"] for d in run_dirs]
+    several_tasks = len(set(tasks)) > 1
     groups: dict[str, list[dict]] = {}
-    for d in run_dirs:
-        res = (reuse and _fresh_formation(d)) or analyze_run(d, write=write_runs)
-        groups.setdefault(_group_key(res["run"], group_by), []).append(res)
+    for res, task in zip(results, tasks):
+        key = _group_key(res["run"], group_by)
+        if group_by == "regime" and several_tasks and task:
+            key = f"{task} {key}"  # never pool AR with IH (the report labels them the same way)
+        groups.setdefault(key, []).append(res)
     out = {"group_by": group_by, "confidence": confidence,
            "groups": {k: _summarize(v, confidence, tolerance_log_steps)
                       for k, v in sorted(groups.items())}}

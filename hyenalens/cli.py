@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="time transitions: formation.json per run, and per regime for several runs",
                        description="Write RUN_DIR/analysis/formation.json for each run; with several runs "
-                                   "(or a folder of runs) also a combined JSON grouped by regime.")
+                                   "(or a folder of runs) also a combined JSON grouped by regime (by task and "
+                                   "regime when the runs span several tasks; by sweep point for a sweep folder).")
     a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     a.add_argument("--out", default=None, metavar="JSON",
                    help="combined JSON (default: analysis/formation_group.json in the runs' folder)")

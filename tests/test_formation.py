@@ -161,6 +161,17 @@ def test_analyze_group_bootstraps_over_seeds(tmp_path):
     assert (tmp_path / "all_s0" / "analysis" / "formation.json").exists()
 
 
+def test_analyze_group_never_pools_tasks(tmp_path):
+    cfg = "loss: all\nmodel: {kind: hyena, causal: true}\ndata: {task: TASK}\n"
+    dirs = [make_run(tmp_path / f"{task}_s{seed}", seed=seed, config=cfg.replace("TASK", task))
+            for task in ("ar", "ih") for seed in (0, 1)]
+    res = analyze_group(dirs)
+    assert {k: sorted(g["runs"]) for k, g in res["groups"].items()} == {
+        "ar causal/all": ["ar_s0", "ar_s1"], "ih causal/all": ["ih_s0", "ih_s1"]}
+    # one task: the plain regime name, as before
+    assert list(analyze_group(dirs[:2])["groups"]) == ["causal/all"]
+
+
 def test_group_without_config_groups_by_name_and_one_run_has_no_ci(tmp_path):
     res = analyze_group([make_run(tmp_path / "solo_seed0")], group_by="regime")
     g = res["groups"]["solo"]
