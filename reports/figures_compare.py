@@ -123,7 +123,9 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path) -> Figure:
         ax3.set_ylim(len(ll_metrics) - 0.5, -0.5)
         h_, l_ = ax3.get_legend_handles_labels()
         if h_:
-            ax3.legend(h_, l_, fontsize=7, loc="best", title="regime", title_fontsize=7)
+            # beside the panel, not on it: with many groups a "best" spot still covers points
+            ax3.legend(h_, l_, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+                       title="regime", title_fontsize=7)
     else:
         _no_data(ax3, "no circuit-metric transitions\n(run `hyenalens analyze` on runs with captures)")
     ax3.set_xlabel("metric midpoint − jump midpoint (log-steps; < 0 leads)")
