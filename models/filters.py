@@ -145,9 +145,10 @@ class ExponentialModulation(nn.Module):
                 and hit[0].device == t.device and hit[2].dtype == t.dtype \
                 and torch.equal(hit[0], self.deltas) and torch.equal(hit[1], t):
             return hit[2]
-        with torch.no_grad():
-            window = self._window(t)
-        self._cached_window = (self.deltas.detach().clone(), t.detach().clone(), window)
+        # normal tensors even under inference_mode: the window is reused when training later
+        with torch.inference_mode(False), torch.no_grad():
+            window = self._window(t.clone() if t.is_inference() else t)
+            self._cached_window = (self.deltas.detach().clone(), t.detach().clone(), window)
         return window
 
     def _window(self, t: Tensor) -> Tensor:

@@ -234,3 +234,14 @@ def test_the_cached_window_follows_its_inputs(change):
     expect = torch.exp(-t * mod.deltas.abs())[0].t()  # safari's expression, [d, L]
     torch.testing.assert_close(mod.window_t(t), expect, rtol=0, atol=0)
     assert not torch.equal(mod.window_t(t)[:, :L], first[:, :L]) or change == "length"
+
+
+def test_a_window_made_under_inference_mode_can_be_trained_through():
+    model = build_model(tiny_hyena_config(), seed=0)
+    x = torch.randint(0, model.cfg.vocab_size, (2, 8))
+    with torch.inference_mode():
+        for block in model.blocks:
+            block.mixer.filters(8)  # fills each window cache inside inference mode
+    model.train()
+    model(x).sum().backward()  # saving an inference tensor for backward would raise here
+    assert all(p.grad is not None for p in model.blocks[0].mixer.filter_fn.implicit_filter.parameters())
