@@ -128,12 +128,12 @@ def fft_conv(z: Tensor, D: Tensor, k: Tensor | None = None, spectrum: Tensor | N
 
 
 class _ShortConv(torch.autograd.Function):
-    """Depthwise conv along L in the [b, L, C] layout: out[t] = bias + Σ_m w[:, m] z[t + m − pad]
-    (zero outside 0…L−1); `nn.Conv1d(padding=pad)` then `[..., :L]`, as shifted multiply-adds."""
+    """Depthwise conv along L in the [b, L, C] layout: out[t] = bias + Σ_m wt[m] z[t + m − pad]
+    (zero outside 0…L−1), wt [k, C] the tap-major weight; `nn.Conv1d(padding=pad)` then
+    `[..., :L]`, as shifted multiply-adds."""
 
     @staticmethod
-    def forward(ctx, z: Tensor, w: Tensor, bias: Tensor | None, pad: int) -> Tensor:
-        wt = w.t().contiguous()  # [k, C]: each tap's weights contiguous (see _short_fwd)
+    def forward(ctx, z: Tensor, wt: Tensor, bias: Tensor | None, pad: int) -> Tensor:
         ctx.save_for_backward(z, wt)
         ctx.pad, ctx.has_bias = pad, bias is not None
         return _short_fwd(z, wt, bias, pad)
@@ -151,7 +151,7 @@ class _ShortConv(torch.autograd.Function):
                 gz[..., a + s:b + s, :].addcmul_(g[..., a:b, :], wt[m])
         if ctx.needs_input_grad[1]:
             red = tuple(range(g.dim() - 1))
-            gwt = torch.zeros_like(wt)
+            gw = torch.zeros_like(wt)
             buf = torch.empty_like(g)  # one scratch tensor for every tap's products
             for m in range(k):
                 s = m - pad
@@ -162,8 +162,7 @@ class _ShortConv(torch.autograd.Function):
                     # a sum over the strided slice is 10x slower (measured)
                     buf[..., :a, :].zero_()
                     buf[..., b:, :].zero_()
-                    gwt[m] = buf.sum(red)
-            gw = gwt.t()
+                    gw[m] = buf.sum(red)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(tuple(range(g.dim() - 1)))
         return gz, gw, gb, None
@@ -193,7 +192,7 @@ def _short_fwd(z: Tensor, wt: Tensor, bias: Tensor | None, pad: int) -> Tensor:
 
 def short_conv(z: Tensor, weight: Tensor, bias: Tensor | None, pad: int) -> Tensor:
     """Depthwise conv of z [b, L, C] with `weight` [C, 1, k] (an nn.Conv1d's), left padding `pad`."""
-    w = weight.reshape(weight.shape[0], weight.shape[-1])
-    if torch.is_grad_enabled() and (z.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)):
-        return _ShortConv.apply(z, w, bias, pad)
-    return _short_fwd(z, w.t().contiguous(), bias, pad)
+    wt = weight.reshape(weight.shape[0], weight.shape[-1]).t().contiguous()  # [k, C] (see _short_fwd)
+    if torch.is_grad_enabled() and (z.requires_grad or wt.requires_grad or (bias is not None and bias.requires_grad)):
+        return _ShortConv.apply(z, wt, bias, pad)
+    return _short_fwd(z, wt, bias, pad)

@@ -141,8 +141,8 @@ class ExponentialModulation(nn.Module):
         if self.deltas.requires_grad or t.requires_grad:
             return self._window(t)
         hit = self._cached_window
-        if hit is not None and hit[0].shape == self.deltas.shape and hit[1].shape == t.shape \
-                and hit[0].device == t.device and hit[2].dtype == t.dtype \
+        # torch.equal ignores dtype (and needs one device), so those are compared first
+        if hit is not None and hit[2].dtype == t.dtype and hit[2].device == t.device \
                 and torch.equal(hit[0], self.deltas) and torch.equal(hit[1], t):
             return hit[2]
         # normal tensors even under inference_mode: the window is reused when training later
