@@ -5,8 +5,8 @@ Reads run directories (docs/architecture.md); imports only ``models`` (for ``Use
 transition".
 """
 from .bootstrap import Estimate, bootstrap_ci
-from .formation import (ACC_CURVES, JUMP_CURVE, SEED_CURVE, analyze_group, analyze_run, claim_verdict,
-                        curve_name, read_curves, regime_name, run_info)
+from .curves import ACC_CURVES, curve_name, read_curves, regime_name, run_info
+from .formation import JUMP_CURVE, SEED_CURVE, analyze_group, analyze_run, claim_verdict
 from .mechanism import mechanism_verdict
 from .transitions import DEFAULTS, Transition, detect_transitions, to_log_step
 

@@ -2,11 +2,8 @@
 (science.md, "Timing a transition" and "Circuit metrics").
 
 Inputs (docs/architecture.md, run-directory format): ``RUN_DIR/metrics.jsonl`` (the accuracy
-curves ``test_acc_last``, ``train_acc_all``, ``train_acc_recallable``, ``train_acc_last``) and,
-if present, the tidy ``RUN_DIR/analysis/metrics.csv`` (step, metric, layer, value; optional
-target, hook, role, control, ci). Each (metric, layer, hook, role, target, control) group is one
-curve, named ``{metric}[_{target}][@L{layer}][/{hook}][:{role}][[control]]``, e.g.
-``recall_score_values@L1``; several values at one step are averaged.
+curves) and, if present, the tidy ``RUN_DIR/analysis/metrics.csv``, read and named by
+``analysis.curves``.
 
 Definitions (decisions, written down here):
 
@@ -20,6 +17,10 @@ Definitions (decisions, written down here):
   (``analyze_group``) its verdict, on the log-step offset with a bootstrap CI and tolerance
   τ = ln 1.5 (same time = within a factor 1.5 in steps): "consistent" if the CI lies inside
   [−τ, τ], "not consistent" if it lies wholly outside, "undetermined" otherwise or with no CI;
+- *the recall circuit* (``recall_circuit``) is timed by the swap-selectivity curve
+  ``recall_swap_selectivity@L-1`` (interp/swap.py; docs/metrics.md): its largest-|rise|
+  transition's midpoint and its lead/lag against the jump, the same fields as a ``lead_lag``
+  entry. Negative ``steps`` = the circuit forms before the jump;
 - steps to 99% test accuracy: the first evaluated step with ``test_acc_last`` ≥ 0.99;
 - the absolute ``min_rise`` of ``detect_transitions`` is 0.05 for accuracies, and
   0.05 · max(1, max |value|) for a metrics.csv curve (lags, lengths are not in [0, 1]).
@@ -38,147 +39,22 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from models.errors import UserError
-from models.config_source import parse_yaml
-from models.io import atomic_write_json, read_jsonl
+from models.io import atomic_write_json
 
 from .bootstrap import bootstrap_ci
+from .curves import ACC_CURVES, curve_name, read_curves, run_info
 from .mechanism import mechanism_verdict
 from .transitions import DEFAULTS, detect_transitions
 
 __all__ = ["analyze_run", "analyze_group", "read_curves", "run_info", "curve_name",
            "ACC_CURVES", "JUMP_CURVE", "SEED_CURVE"]
 
-ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
 JUMP_CURVE, SEED_CURVE = "test_acc_last", "train_acc_all"
+RECALL_CIRCUIT_CURVE = curve_name("recall_swap_selectivity", layer=-1)
 ACC_TARGET = 0.99
 SAME_TIME_TOL = math.log(1.5)
-_CSV_REQUIRED = ("step", "metric", "layer", "value")
-# `control`, `ci`, `n`, `floor` are values beside a curve, not part of its identity
-_CSV_KEYS = ("metric", "target", "layer", "hook", "role")
-
-
-# ---------------------------------------------------------------- reading
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path} not found; a run directory needs metrics.jsonl "
-                        "(train or import the run first)")
-    records = read_jsonl(path)
-    for i, rec in enumerate(records, 1):
-        if not isinstance(rec, dict) or not isinstance(rec.get("step"), (int, float)):
-            raise UserError(f"{path}: record {i} must be an object with a numeric 'step'")
-    return records
-
-
-def _as_float(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
-def _read_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable CSV ({str(e).splitlines()[0]}); "
-                        "rewrite it (interp writes it) or delete it") from None
-    missing = [c for c in _CSV_REQUIRED if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; a tidy metrics.csv "
-                        "has step, metric, layer, value")
-    df = df.assign(step=pd.to_numeric(df["step"], errors="coerce"),
-                   value=pd.to_numeric(df["value"], errors="coerce"))
-    for c in _CSV_KEYS:
-        col = df[c] if c in df.columns else pd.Series("", index=df.index)
-        df[c] = col.map(_key_str)
-    curves = {}
-    for key, g in df.groupby(list(_CSV_KEYS), sort=True):
-        per_step = g.groupby("step")["value"].mean()
-        curves[curve_name(**dict(zip(_CSV_KEYS, key)))] = (per_step.index.to_numpy(float),
-                                                           per_step.to_numpy(float))
-    return curves
-
-
-def _key_str(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v).strip()
-
-
-def curve_name(metric, layer="", hook="", role="", target="") -> str:
-    """Readable, stable curve name, e.g. ``recall_score_values@L1/blocks.1.mixer.hook_y:query``."""
-    name = f"{metric}_{target}" if target else str(metric)
-    name += f"@L{layer}" if layer != "" else ""
-    name += f"/{hook}" if hook else ""
-    name += f":{role}" if role else ""
-    return name
-
-
-def read_curves(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name → (steps, values) for the accuracy curves logged in metrics.jsonl (a resumed run's
-    repeated step keeps its last record) and every metrics.csv curve."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass a run directory")
-    by_step = {}
-    for rec in _read_jsonl(run_dir / "metrics.jsonl"):
-        by_step[float(rec["step"])] = rec
-    steps = np.array(sorted(by_step), dtype=float)
-    curves = {}
-    for name in ACC_CURVES:
-        if any(name in by_step[s] for s in steps):
-            curves[name] = (steps, np.array([_as_float(by_step[s].get(name)) for s in steps]))
-    csv = run_dir / "analysis" / "metrics.csv"
-    if csv.is_file():
-        # metrics.jsonl is the record of the accuracy curves; a same-named csv curve is dropped
-        curves.update({k: v for k, v in _read_csv(csv).items() if k not in curves})
-    return curves
-
-
-def _read_yaml(path: Path):
-    cfg = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    if cfg is not None and not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a mapping of config keys; fix the file")
-    return cfg or {}
-
-
-def regime_name(kind: str, causal: bool, loss: str) -> str:
-    """causal/all, causal/last, noncausal/last (science.md, "Regimes"); kinds other than
-    hyena prefix the name (attention/causal/all)."""
-    base = f"{'causal' if causal else 'noncausal'}/{loss}"
-    return base if kind == "hyena" else f"{kind}/{base}"
-
-
-def run_info(run_dir) -> dict:
-    """Name, regime and seed of a run from its config.yaml (and run.json), where present."""
-    run_dir = Path(run_dir)
-    info = {"name": run_dir.resolve().name, "regime": None, "model_kind": None,
-            "causal": None, "loss": None, "seed": None, "task": None, "config": False}
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        cfg = _read_yaml(cfg_path)
-        info["config"] = True
-        model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-        loss = cfg.get("loss") if isinstance(cfg.get("loss"), str) else None
-        seed = cfg.get("seed") if isinstance(cfg.get("seed"), int) else None
-        kind, causal = model.get("kind"), model.get("causal")
-        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-        task = data.get("task") if isinstance(data.get("task"), str) else None
-        info.update(model_kind=kind, causal=causal, loss=loss, seed=seed, task=task)
-        if isinstance(cfg.get("regime"), str):
-            info["regime"] = cfg["regime"]
-        elif isinstance(kind, str) and isinstance(causal, bool) and loss:
-            info["regime"] = regime_name(kind, causal, loss)
-    rj = run_dir / "run.json"
-    if info["seed"] is None and rj.is_file():
-        try:
-            seed = json.loads(rj.read_text()).get("seed")
-        except (json.JSONDecodeError, AttributeError):
-            seed = None  # provenance only: a bad run.json does not stop the analysis
-        info["seed"] = seed if isinstance(seed, int) else None
-    return info
 
 
 # ---------------------------------------------------------------- one run
@@ -198,10 +74,23 @@ def _lead_lag(trs: list[dict], test: list[dict], jump_idx: int) -> dict:
     return out
 
 
+def _recall_circuit(curves: dict, transitions: dict, lead_lag: dict, jump: dict | None) -> dict:
+    """When the recall circuit forms: the swap-selectivity curve's lead/lag entry, with a status."""
+    out = {"curve": RECALL_CIRCUIT_CURVE, "midpoint": None, "steps": None, "log_steps": None}
+    if RECALL_CIRCUIT_CURVE not in curves:
+        return dict(out, status="not measured (run `hyenalens probe`)")
+    if not transitions.get(RECALL_CIRCUIT_CURVE):
+        return dict(out, status="no transition in the swap selectivity")
+    if jump is None:
+        return dict(out, status=f"no transition in {JUMP_CURVE}")
+    ll = lead_lag[RECALL_CIRCUIT_CURVE]
+    return dict(out, midpoint=ll["midpoint"], steps=ll["steps"], log_steps=ll["log_steps"], status="measured")
+
+
 def analyze_run(run_dir, *, write: bool = True) -> dict:
     """Transitions of every curve of one run and their lead/lag against the test-accuracy
     jump; written to ``RUN_DIR/analysis/formation.json`` (atomically) unless ``write=False``.
-    Keys: transitions, jump, lead_lag, seed_claim, steps_to_99_test_acc, curves, run, params."""
+    Keys: transitions, jump, lead_lag, recall_circuit, seed_claim, steps_to_99_test_acc, curves, run, params."""
     run_dir = Path(run_dir)
     curves = read_curves(run_dir)
     transitions, meta = {}, {}
@@ -241,6 +130,7 @@ def analyze_run(run_dir, *, write: bool = True) -> dict:
         hit = np.flatnonzero(np.nan_to_num(v, nan=-np.inf) >= ACC_TARGET)
         reached = float(s[hit[0]]) if hit.size else None
     result = {"transitions": transitions, "jump": jump, "lead_lag": lead_lag,
+              "recall_circuit": _recall_circuit(curves, transitions, lead_lag, jump),
               "seed_claim": seed, "steps_to_99_test_acc": reached, "curves": meta,
               "run": run_info(run_dir), "params": dict(DEFAULTS)}
     csv = run_dir / "analysis" / "metrics.csv"
@@ -285,6 +175,7 @@ def _summarize(results: list[dict], confidence: float, tol: float) -> dict:
                        "log_steps": est([g["log_steps"] for g in got]),
                        "runs_without": len(results) - len(got)}
     reach = [r["steps_to_99_test_acc"] for r in results if r["steps_to_99_test_acc"] is not None]
+    circ = [r["recall_circuit"] for r in results if (r.get("recall_circuit") or {}).get("status") == "measured"]
     return {
         "runs": [r["run"]["name"] for r in results], "n_runs": len(results),
         "jump_midpoint": {"steps": est(jumps),
@@ -299,6 +190,11 @@ def _summarize(results: list[dict], confidence: float, tol: float) -> dict:
             "rule": "consistent if the CI of the log-step offset lies inside ±tolerance, not "
                     "consistent if wholly outside, else (or with no CI) undetermined"},
         "lead_lag": lead_lag,
+        "recall_circuit": {"curve": RECALL_CIRCUIT_CURVE,
+                           "midpoint": est([c["midpoint"] for c in circ]),
+                           "steps": est([c["steps"] for c in circ]),
+                           "log_steps": est([c["log_steps"] for c in circ]),
+                           "runs_without": len(results) - len(circ)},
         "steps_to_99_test_acc": {"reached": len(reach), "n": len(results),
                                  "steps": est(reach) if reach else "not reached"},
     }
@@ -311,7 +207,8 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
     ``write_runs=False``; with ``reuse`` a formation.json newer than the run's metrics files
     and written with the same parameters is read instead of recomputed), group them (``group_by``: "regime",
     prefixed with the task when the runs span several, or "run" name) and bootstrap over
-    seeds: jump midpoint, the seed claim with its verdict, each curve's lead/lag, steps to 99%
+    seeds: jump midpoint, the seed claim with its verdict, each curve's lead/lag, the recall
+    circuit's midpoint and lead/lag (the headline "when does the recall circuit form"), steps to 99%
     test accuracy. Writes the combined JSON to ``out_path`` (atomically) when given."""
     if group_by not in ("regime", "run"):
         raise UserError(f"group_by must be 'regime' or 'run', got {group_by!r}")
@@ -349,7 +246,7 @@ def _fresh_formation(run_dir: Path) -> dict | None:
         res = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(res, dict) or res.get("params") != dict(DEFAULTS) or "transitions" not in res:
+    if not isinstance(res, dict) or res.get("params") != dict(DEFAULTS) or "recall_circuit" not in res:
         return None
     return res
 

@@ -183,6 +183,8 @@ def detect_transitions(steps, values, *, min_rise=DEFAULTS["min_rise"],
     s, v = s[order], v[order]
     x = to_log_step(s)
     n = len(v)
+    if n < min_points:  # too few finite points (or none: a metric that does not apply)
+        return []
     v_range = (float(v.min()), float(v.max()))
     scale = v_range[1] - v_range[0]
     if n < min_points or x[-1] <= x[0] or scale == 0.0:

@@ -1,5 +1,6 @@
 """HyenaLens interp layer: capture, filters, exact implicit attention, probes, attribution,
-patching (docs/architecture.md). Imports `models`, never `analysis` or `reports`."""
+patching, the position-swap recall test and the exact signed source decomposition
+(docs/architecture.md, docs/metrics.md). Imports `models`, never `analysis` or `reports`."""
 from interp.filters import (LayerFilters, effective_length, filter_metrics, filters_from_cache,
                             lag1_mass, lag_profile, layer_filters, model_filters, spectrum)
 from interp.implicit_attention import implicit_attention, row_normalize
@@ -9,5 +10,8 @@ from interp.attribution import attribution_metrics, attribution_shares, integrat
 from interp.capture import capture_model, capture_run
 from interp.probe_set import ProbeSet, make_probe_set, probe_set_from_data
 from interp.patching import patch_recovery, position_groups
-from interp.probes import control_labels, fit_probe, probe_with_control, run_probes
+from interp.probes import fit_probe, permuted_labels, probe_with_control, run_probes
+from interp.swap import ValueSwap, probe_task, swap_metrics, value_candidates, value_swap
+from interp.sources import SourceTerms, logit_diff_readout, source_terms
+from interp.decompose import pair_footprint, source_example, source_patch_rows, source_rows
 from interp.run_metrics import MetricOptions, evaluate_model, probe_run

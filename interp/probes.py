@@ -1,15 +1,18 @@
-"""Linear probes with control tasks (science.md, "Circuit metrics: Probes"; Hewitt & Liang 2019).
+"""Linear probes with a label-permutation control (science.md, "Circuit metrics: Probes").
 
 A probe is a multinomial logistic regression (scikit-learn, lbfgs, L2 with C=1 on standardized
 features, max_iter 100, tol 1e-3) trained on one half of the probe set and scored on the other half (the halves are
 disjoint by sequence: `ProbeSet.probe_train`).
 
-Control task (Hewitt & Liang 2019, "Designing and Interpreting Probes with Control Tasks"): each
-input token TYPE (the token id at the probed position) gets one random label, drawn once from
-the empirical distribution of the real task's labels, and fixed for every layer and
-checkpoint (seeded by the probe's name). The same probe architecture is trained on those labels.
-selectivity = accuracy − control accuracy: high when the representation encodes the property
-itself rather than just the identity of the current token.
+Control: label permutation. Hewitt & Liang's control task (a random label per current token
+type) is trivially solvable on these tasks: at vocab 10 the residual always encodes the current
+token, so it scored ≈ 1.0 and drove every selectivity to ≤ 0. Instead the same probe (same
+features, classifier and train/test halves) is fit on the training half with its labels permuted
+(seeded by the probe's name, the same for every layer and checkpoint) and scored on the test
+half's TRUE labels: it measures what the probe reaches with no signal (≈ the majority-class rate),
+so selectivity = accuracy − control says how far the probe is above chance. The other baseline
+is the `floor` column of analysis/metrics.csv (the same probe on the random-initialized model); at
+a Hyena the prev-token floor is already ≈ 0.99, because the short convolution mixes neighbours.
 
 The three targets (`PROBE_TARGETS`), evaluated on captured activations at the probe set's slots:
 - `prev_token`: the previous token's identity at value positions (the key of the pair);
@@ -84,41 +87,46 @@ def fit_probe(
     return float(np.mean(clf.predict((X_test - mu) / sd) == y_test))
 
 
-def control_labels(types: np.ndarray, labels: np.ndarray, seed: int | str = 0) -> np.ndarray:
-    """Hewitt & Liang's control task: one random label per token type, drawn from the empirical
-    label distribution; the same (types, labels, seed) always give the same map."""
-    types = np.asarray(types)
+def permuted_labels(labels: np.ndarray, train: np.ndarray, seed: int | str = 0) -> np.ndarray:
+    """The control's labels: `labels` with the training rows (`train`, a bool mask) permuted among
+    themselves and the test rows unchanged, so the control is scored on the true test labels. The
+    training label counts are kept; the same (labels, train, seed) always give the same array."""
     labels = np.asarray(labels)
+    train = np.asarray(train, dtype=bool)
+    if labels.shape != train.shape:
+        raise ValueError(f"labels {labels.shape} and train mask {train.shape} differ in shape")
     if isinstance(seed, str):
         seed = zlib.crc32(seed.encode())
     rng = np.random.default_rng(seed)
-    uniq = np.unique(types)
-    values, counts = np.unique(labels, return_counts=True)
-    drawn = rng.choice(values, size=len(uniq), p=counts / counts.sum())
-    mapping = dict(zip(uniq.tolist(), drawn.tolist()))
-    return np.array([mapping[t] for t in types.tolist()], dtype=labels.dtype)
+    out = labels.copy()
+    idx = np.flatnonzero(train)
+    out[idx] = labels[idx[rng.permutation(len(idx))]]
+    return out
 
 
 def probe_with_control(
-    X: np.ndarray, labels: np.ndarray, types: np.ndarray, train: np.ndarray,
+    X: np.ndarray, labels: np.ndarray, train: np.ndarray,
     control_seed: int | str = 0, control: np.ndarray | None = None, C: float = 1.0,
 ) -> ProbeResult:
-    """Accuracy and control-task accuracy on one feature matrix [n, d] (rows: samples;
-    `train` a bool mask of the training rows, the rest are the test rows)."""
+    """Accuracy and label-permutation-control accuracy on one feature matrix [n, d] (rows:
+    samples; `train` a bool mask of the training rows, the rest are the test rows). `control`:
+    precomputed `permuted_labels(labels, train, control_seed)`."""
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(labels)
     train = np.asarray(train, dtype=bool)
     test = ~train
-    ctrl = control_labels(types, labels, control_seed) if control is None else np.asarray(control)
+    ctrl = permuted_labels(labels, train, control_seed) if control is None else np.asarray(control)
     acc = fit_probe(X[train], labels[train], X[test], labels[test], C=C)
-    cacc = fit_probe(X[train], ctrl[train], X[test], ctrl[test], C=C)
+    # the permuted fit is scored on the TRUE test labels: what the probe reaches with no signal
+    cacc = fit_probe(X[train], ctrl[train], X[test], labels[test], C=C)
     return ProbeResult(acc, cacc, int(train.sum()), int(test.sum()), int(len(np.unique(labels))))
 
 
 # ---------------------------------------------------------------------- on a probe set
 @dataclass
 class ProbeSamples:
-    """Which (sequence, slot) pairs a target uses, with labels, token types and the split."""
+    """Which (sequence, slot) pairs a target uses, with labels, the current token types, the
+    split and the control's labels (`permuted_labels`)."""
 
     seq: Tensor
     slot: Tensor
@@ -156,7 +164,7 @@ def probe_samples(ps: Any, target: str) -> ProbeSamples | None:
     types = ps.inputs[seq, pos].numpy()
     labels = labels.numpy()
     train = ps.probe_train[seq].numpy()
-    control = control_labels(types, labels, f"control/{target}/{ps.meta.get('probe_seed', 0)}")
+    control = permuted_labels(labels, train, f"control/{target}/{ps.meta.get('probe_seed', 0)}")
     return ProbeSamples(seq, slot, labels, types, train, control)
 
 
@@ -170,8 +178,8 @@ def run_probes(
     targets: Sequence[str] = PROBE_TARGETS, samples: dict[str, ProbeSamples | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Tidy rows for every (target, layer): `probe_{target}` (accuracy, with the control
-    accuracy in the `control` column and a 95% CI), `probe_{target}_control`,
-    `probe_{target}_selectivity`."""
+    accuracy in the `control` column and a 95% CI), `probe_{target}_control` (the
+    label-permutation control), `probe_{target}_selectivity` (accuracy − control)."""
     rows: list[dict[str, Any]] = []
     samples = {} if samples is None else samples
     for target in targets:
@@ -182,7 +190,7 @@ def run_probes(
             continue
         for layer, hook in hooks:
             X = acts[hook][s.seq, s.slot].reshape(len(s.seq), -1).float().numpy()
-            r = probe_with_control(X, s.labels, s.types, s.train, control=s.control)
+            r = probe_with_control(X, s.labels, s.train, control=s.control)
             base = dict(layer=layer, hook=hook, role=PROBE_ROLE[target], target=target, n=r.n_test)
             name = f"probe_{target}"
             rows.append(dict(base, metric=name, value=r.accuracy, control=r.control, ci=r.ci))

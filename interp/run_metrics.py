@@ -33,6 +33,15 @@ Empty cells are missing values. Metric names:
 - patch_recovery (hook and role columns), patch_ld_clean, patch_ld_corrupt: interp.patching on
   the first `n_patch` circuit pairs (tasks with key/value roles: AR, MQAR; none for IH).
 - answer_acc: the model's own accuracy at the query over the whole probe set.
+- recall_swap_{follow,control,selectivity,drop,positions,key_drop,key_control_drop}:
+  interp.swap, the position-swap recall test on the whole probe set (seed `swap_seed`).
+- source_share (target direct / grad, role), source_total (target): interp.decompose, the exact
+  signed source decomposition of each layer's output at the query, on the first `n_sources`
+  probe rows; source_patch_follow (role): its path patching by role with the value swap.
+Definitions of every metric: docs/metrics.md.
+
+The final checkpoint's per-source terms of one example (probe row 0) are written to
+RUN_DIR/analysis/source_example.json (`source_example`), for the report's figure.
 
 Incremental: each checkpoint's rows are kept in RUN_DIR/analysis/metrics_parts/
 step_{step:08d}.json with a signature (probe-set digest, metric version, options) and the
@@ -58,7 +67,11 @@ from torch import Tensor
 
 from models.errors import UserError
 
-METRICS_VERSION = 1
+from interp.decompose import source_example, source_patch_rows, source_rows
+from interp.sources import projectable
+from interp.swap import probe_task, probe_vocab_size, swap_metrics, value_candidates, value_swap
+
+METRICS_VERSION = 2
 METRIC_COLUMNS = ("step", "metric", "layer", "value", "target", "hook", "role", "control", "ci", "n", "floor")
 _KEY = ("metric", "layer", "hook", "role", "target")
 
@@ -80,6 +93,10 @@ class MetricOptions:
     n_scores: int = 8           # circuit rows used for the map scores
     n_patch: int = 16           # circuit rows (clean/corrupted pairs) used for patching
     patch_hooks: list[str] | None = None  # None: interp.patching.default_patch_hooks
+    swap: bool = True           # the position-swap recall test (interp.swap), whole probe set
+    sources: bool = True        # the signed source decomposition and its patching (interp.decompose)
+    n_sources: int = 32         # probe rows used for the decomposition and its path patching
+    swap_seed: int = 0          # seeds the substitutes and control positions of the swap test
     skip_identical: bool = True
 
     def signature(self) -> dict[str, Any]:
@@ -147,6 +164,16 @@ def evaluate_model(
             sub = {key: v[:k] for key, v in circuit.items()}
             rows += patch_recovery(model, sub, opt.patch_hooks, skip_identical=opt.skip_identical)
             t0 = tick("patching", t0)
+        if opt.swap:
+            rows += swap_metrics(model, ps, seed=opt.swap_seed)
+            t0 = tick("swap", t0)
+        if opt.sources:
+            cands = value_candidates(ps)
+            swap = value_swap(ps, seed=opt.swap_seed)
+            if projectable(model):  # else no per-source split in d_model exists (docs/metrics.md)
+                rows += source_rows(model, ps, cands, rows=opt.n_sources)
+            rows += source_patch_rows(model, ps, swap.inputs, swap.substitute, cands, rows=opt.n_sources)
+            t0 = tick("sources", t0)
     finally:
         model.train(was_training)
     return rows
@@ -292,7 +319,38 @@ def probe_run(
             table.append(dict(r, step=s))
     floor_rows = _read_part(floor_path, signature) if floor else None
     write_metrics_csv(metrics_path(run_dir), table, floor_rows)
+    if opt.sources:
+        _write_source_example(run_dir, steps[-1], cfg, ps, signature, force)
     return metrics_path(run_dir)
+
+
+def example_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "analysis" / "source_example.json"
+
+
+def _write_source_example(run_dir: Path, step: int, cfg: Any, ps: Any, signature: dict, force: bool) -> None:
+    """The final checkpoint's per-source terms of probe row 0 (the report draws them)."""
+    from models.io import atomic_write_json
+    from models.vocab import icl_vocab, mqar_vocab
+
+    from interp.run_io import load_checkpoint_model
+
+    path = example_path(run_dir)
+    if not force and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict) and old.get("step") == step and old.get("signature") == signature:
+            return
+    model = load_checkpoint_model(run_dir, step, cfg)
+    if not projectable(model):
+        return
+    ex = source_example(model, ps, value_candidates(ps))
+    v = probe_vocab_size(ps)
+    vocab = mqar_vocab(v) if probe_task(ps) == "mqar" else icl_vocab(v)
+    ex["str_tokens"] = [vocab[t] if 0 <= t < len(vocab) else str(t) for t in ex["tokens"]]
+    atomic_write_json(path, dict(ex, step=step, signature=signature))
 
 
 def _key(r: dict[str, Any]) -> tuple:

@@ -1,6 +1,7 @@
 """Figures over training time: 1 training curves, 2 circuit-metric timelines aligned to the
-jump, 5 attribution shares by role. They read metrics.jsonl, analysis/metrics.csv and the
-transitions of a `RunData`; nothing is recomputed here."""
+jump (with the position-swap test's panels), 5 attribution shares by role. They read
+metrics.jsonl, analysis/metrics.csv and the transitions of a `RunData`; nothing is recomputed
+here."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from reports.figures_common import (ACC_STYLE, CEILING_COLOR, Figure, FigureSkip
                                     shade_transitions, use_log_x)
 from reports.rundata import RunData
 
-# circuit metrics drawn in figure 2, in panel order; probes also draw their control task
+# circuit metrics drawn in figure 2, in panel order; probes also draw their permutation control
 TIMELINE_METRICS = (
     ("prev_token_score", "prev-token score", "map mass at (i, i−1)"),
     ("recall_score_values", "recall score (matching values)", "query-row mass"),
@@ -28,7 +29,21 @@ TIMELINE_METRICS = (
     ("probe_answer", "probe: answer @ query", "probe accuracy"),
     ("answer_acc", "model's answer accuracy (probe set)", "accuracy"),
 )
-_SKIP_PREFIX = ("attr_", "patch_")
+# the position-swap test (interp/swap.py), drawn in two dedicated panels after TIMELINE_METRICS:
+# panel key: (title, unit, lines); a line: (metric, label, color, linestyle)
+SWAP_PANELS = {
+    "recall_swap": ("position swap: does the answer follow?", "fraction of instances", (
+        ("recall_swap_follow", "follow (swap at matching values)", "#1f4e9c", "-"),
+        ("recall_swap_control", "control (swap at other positions)", "#d1495b", ":"),
+        ("recall_swap_selectivity", "selectivity = follow − control", "#2a9d8f", "-"))),
+    "recall_swap_drops": ("position swap: answer-logit drop", "logit drop (clean − swapped)", (
+        ("recall_swap_drop", "value swap", "#1f4e9c", "-"),
+        ("recall_swap_key_drop", "key swap", "#edae49", "-"),
+        ("recall_swap_key_control_drop", "key-swap control", "#edae49", ":"))),
+}
+# rows with their own panels or figure (swap panels here; source_* in figure 8, attr_* in 5,
+# patch_* in 6) never get a generic panel
+_SKIP_PREFIX = ("attr_", "patch_", "recall_swap_", "source_")
 _SKIP_SUFFIX = ("_control", "_selectivity", "_delta", "_delta_rel")
 
 
@@ -76,8 +91,12 @@ def fig_training_curves(runs: list[RunData], regime: str, slug: str, out_dir: Pa
 
 # ------------------------------------------------------------------ figure 2
 def _timeline_metrics(circ: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(panel key, title, unit) of every figure-2 panel: the known metrics present, the swap
+    panels (keys of SWAP_PANELS) when any of their rows is present, then other metrics."""
     present = set(circ["metric"].unique())
     out = [m for m in TIMELINE_METRICS if m[0] in present]
+    out += [(k, title, unit) for k, (title, unit, lines) in SWAP_PANELS.items()
+            if any(line[0] in present for line in lines)]
     known = {m[0] for m in TIMELINE_METRICS}
     for m in sorted(present - known):
         if not m.startswith(_SKIP_PREFIX) and not m.endswith(_SKIP_SUFFIX):
@@ -108,7 +127,7 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
         raise FigureSkipped("analysis/metrics.csv is missing or empty")
     metrics = _timeline_metrics(circ)
     if not metrics:
-        raise FigureSkipped("analysis/metrics.csv has no circuit-metric rows (only attribution/patching)")
+        raise FigureSkipped("analysis/metrics.csv has no circuit-metric rows (only attribution/patching/sources)")
     jump = rd.jump()
     # aligned to the jump in log-steps (the unit of analysis' lead/lag): early training is not
     # squeezed against the jump as it is on a linear step axis
@@ -123,27 +142,13 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
     fig = new_figure(4.8 * cols, 3.5 * rows + 0.7)
     axes = fig.subplots(rows, cols, squeeze=False)
     acc = rd.metrics[["step", "test_acc_last"]].dropna() if "test_acc_last" in rd.metrics else None
-    blend = transforms.blended_transform_factory
     for i, (metric, title, unit) in enumerate(metrics):
         ax = axes[i // cols][i % cols]
-        df = circ[circ["metric"] == metric]
-        series = _series(df)
-        palette = sns.color_palette("viridis" if len(series) <= 4 else "husl", n_colors=max(2, len(series)))
-        marked = False
-        for j, (lab, g) in enumerate(series):
-            c = palette[j % len(palette)]
-            ax.plot(xf(g["step"]), g["value"], color=c, lw=1.6, marker=".", ms=4, label=lab)
-            if "floor" in g.columns and g["floor"].notna().any():
-                ax.axhline(float(g["floor"].mean()), color=c, ls="-.", lw=0.9, alpha=0.7)
-            for t in metric_transitions(rd.transitions, metric, _layer_of(lab)):
-                ax.plot(xf([t["midpoint"]]), [0.97], marker="v", ms=8, color=c, ls="none", clip_on=False,
-                        transform=blend(ax.transData, ax.transAxes),
-                        label=None if marked else "metric's transition midpoint")
-                marked = True
-            ctl = circ[(circ["metric"] == metric + "_control") & (circ["layer"] == _layer_of(lab))]
-            if len(ctl):
-                cg = ctl.groupby("step", as_index=False)["value"].mean().sort_values("step")
-                ax.plot(xf(cg["step"]), cg["value"], color=c, lw=1.0, ls=":")
+        if metric in SWAP_PANELS:
+            df = _draw_swap(ax, circ, SWAP_PANELS[metric][2], xf, rd.transitions)
+        else:
+            df = circ[circ["metric"] == metric]
+            _draw_metric(ax, circ, metric, df, xf, rd.transitions)
         ax.set_ylabel(unit)
         ax.set_title(title, fontsize=10)
         if acc is not None and len(acc):
@@ -167,11 +172,74 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
     where = (f"aligned to the test-accuracy jump in log-steps (x = 0 at its midpoint, step {jump['midpoint']:.0f}; "
              f"x = −1 is the step where 1+step is e times smaller; band: onset→end)"
              if jump else "no accuracy jump detected: absolute steps")
+    swap = ""
+    if any(m[0] in SWAP_PANELS for m in metrics):
+        swap = (" Position-swap panels (interp/swap.py, all layers): follow = share of instances whose prediction "
+                "becomes the substitute token written at the matching value positions, control = the same token "
+                "written at as many non-matching positions (dotted), selectivity = follow − control (bands: 95% CI); "
+                "drops: clean − swapped answer logit for the value swap and, on AR, the key swap (matching keys "
+                "overwritten by an absent key) with its control (dotted).")
     fig.suptitle(f"Figure 2 — circuit metrics over training, {plain(rd.name, 50)} ({plain(rd.regime)})")
     return save(fig, out_dir, f"fig2_circuit_timelines_{rd.slug}.png",
-                f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted: "
-                f"the probe's control task (Hewitt & Liang); dash-dot: the metric on the random-initialized model "
-                f"(floor); ▼: the metric's own transition midpoint (formation.json).")
+                f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted on the "
+                f"probe panels: the probe's label-permutation control (the same probe fit on shuffled training labels: "
+                f"chance level); dash-dot: the metric on the random-initialized model (floor); ▼: the metric's own "
+                f"transition midpoint (formation.json).{swap}")
+
+
+def _mark_transitions(ax, xf, trs: list[dict], color, label: str | None) -> bool:
+    """▼ at the top of the panel at each transition midpoint; True when one was drawn."""
+    blend = transforms.blended_transform_factory(ax.transData, ax.transAxes)
+    for t in trs:
+        ax.plot(xf([t["midpoint"]]), [0.97], marker="v", ms=8, color=color, ls="none", clip_on=False,
+                transform=blend, label=label)
+        label = None
+    return bool(trs)
+
+
+def _draw_metric(ax, circ: pd.DataFrame, metric: str, df: pd.DataFrame, xf, transitions: dict) -> None:
+    """One circuit metric: a line per layer (and hook / target …), its floor (dash-dot) and,
+    for probes, the permutation control (dotted)."""
+    series = _series(df)
+    palette = sns.color_palette("viridis" if len(series) <= 4 else "husl", n_colors=max(2, len(series)))
+    marked = ctl_marked = False
+    for j, (lab, g) in enumerate(series):
+        c = palette[j % len(palette)]
+        ax.plot(xf(g["step"]), g["value"], color=c, lw=1.6, marker=".", ms=4, label=lab)
+        if "floor" in g.columns and g["floor"].notna().any():
+            ax.axhline(float(g["floor"].mean()), color=c, ls="-.", lw=0.9, alpha=0.7)
+        trs = metric_transitions(transitions, metric, _layer_of(lab))
+        marked |= _mark_transitions(ax, xf, trs, c, None if marked else "metric's transition midpoint")
+        ctl = circ[(circ["metric"] == metric + "_control") & (circ["layer"] == _layer_of(lab))]
+        if len(ctl):
+            cg = ctl.groupby("step", as_index=False)["value"].mean().sort_values("step")
+            ax.plot(xf(cg["step"]), cg["value"], color=c, lw=1.0, ls=":",
+                    label=None if ctl_marked else "permutation control (chance)")
+            ctl_marked = True
+
+
+def _draw_swap(ax, circ: pd.DataFrame, lines, xf, transitions: dict) -> pd.DataFrame:
+    """A swap panel: one line per metric (mean over rows of a step), its 95% CI band, its floor
+    (dash-dot) and ▼ at its transitions; returns the rows drawn (for the step axis)."""
+    drawn = []
+    for metric, label, color, ls in lines:
+        df = circ[circ["metric"] == metric]
+        cols = [c for c in ("value", "ci", "floor") if c in df.columns]
+        g = df.groupby("step", as_index=False)[cols].mean().sort_values("step")
+        g = g[np.isfinite(g["value"].to_numpy(dtype=float))]
+        if g.empty:
+            continue
+        drawn.append(df)
+        x = xf(g["step"])
+        ax.plot(x, g["value"], color=color, ls=ls, lw=1.6, marker=".", ms=4, label=label)
+        if "ci" in g.columns and g["ci"].notna().any():
+            ax.fill_between(x, g["value"] - g["ci"], g["value"] + g["ci"], color=color, alpha=0.12, lw=0)
+        if "floor" in g.columns and g["floor"].notna().any():
+            ax.axhline(float(g["floor"].mean()), color=color, ls="-.", lw=0.9, alpha=0.7)
+        if not metric.endswith("_control"):
+            _mark_transitions(ax, xf, metric_transitions(transitions, metric, -1), color, None)
+    ax.axhline(0.0, color="#999999", lw=0.8)
+    return pd.concat(drawn) if drawn else circ.iloc[:0]
 
 
 def metric_transitions(transitions: dict, metric: str, layer: int) -> list[dict]:

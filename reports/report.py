@@ -3,11 +3,12 @@
     write_report(["runs/sweep"], "report/")  →  report/index.html, report/summary.json, report/*.png
 
 The page opens with the regime summary table (means with 95% bootstrap CIs and their n) and the
-seed claim's verdict in one sentence; then the figures (1: training curves per regime; 2–6 for
-one representative run per regime — the lowest seed — or for every run with `detail="all"`;
-7: the regime comparison), the configs and the provenance. Each figure is drawn on its own: a
-failure is written into the page ("figure X could not be drawn: reason") and into summary.json,
-and the other figures still appear. Missing optional inputs are listed per run.
+seed claim's verdict in one sentence; then the figures (1: training curves per regime; 2–6 and
+8, where the recall signal sits, for one representative run per regime — the lowest seed — or
+for every run with `detail="all"`; 7: the regime comparison), the configs and the provenance.
+Each figure is drawn on its own: a failure is written into the page ("figure X could not be
+drawn: reason") and into summary.json, and the other figures still appear. Missing optional
+inputs are listed per run.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
     from reports.figures_compare import fig_comparison
     from reports.figures_curves import fig_attribution, fig_circuit_timelines, fig_training_curves
     from reports.figures_maps import fig_filters, fig_implicit_attention, fig_patching
+    from reports.figures_sources import fig_sources
 
     figs = _Figures(out, progress)
     by_regime = {k: [r for r, kk in zip(runs, keys) if kk == k] for k in regimes}
@@ -99,7 +101,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
             parts.append(f"<h3>{H.esc(k)} — run {H.esc(rd.name)} (seed {H.esc(rd.seed)})</h3>")
             for label, fn in (("figure 2", fig_circuit_timelines), ("figure 3", fig_filters),
                               ("figure 4", fig_implicit_attention), ("figure 5", fig_attribution),
-                              ("figure 6", fig_patching)):
+                              ("figure 6", fig_patching), ("figure 8", fig_sources)):
                 parts.append(figs.draw(f"{label} ({rd.name})", fn, rd))
     parts.append("<h3>Figure 7 — regimes compared</h3>")
     parts.append(figs.draw("figure 7", fig_comparison, regimes))

@@ -254,3 +254,32 @@ def test_analyze_group_reuses_fresh_formation_and_redoes_stale(tmp_path, monkeyp
     os.utime(csv, ns=(later, later))  # a new probe result makes it stale
     analyze_group([run])
     assert calls == [run]
+
+
+def _swap_csv(steps, mid):
+    rows = ["step,metric,layer,value,target,hook,role,control"]
+    for s, v in zip(steps, logistic(steps, mid, 0.8, 0.0, 0.9)):
+        rows.append(f"{int(s)},recall_swap_selectivity,-1,{v:.5f},,,,")
+    return "\n".join(rows) + "\n"
+
+
+def test_recall_circuit_is_timed_by_swap_selectivity_against_the_jump(tmp_path):
+    run = make_run(tmp_path / "r", test_mid=600.0, csv_rows=_swap_csv(STEPS, 150.0))
+    rc = analyze_run(run, write=False)["recall_circuit"]
+    assert rc["status"] == "measured" and rc["curve"] == "recall_swap_selectivity@L-1"
+    assert abs(math.log1p(rc["midpoint"]) - math.log1p(150)) < 0.15
+    assert rc["steps"] < 0 and rc["log_steps"] == pytest.approx(math.log(151 / 601), abs=0.15)
+    # without the swap test (no metrics.csv) the field says what is missing
+    bare = analyze_run(make_run(tmp_path / "bare"), write=False)["recall_circuit"]
+    assert bare["midpoint"] is None and bare["status"].startswith("not measured")
+
+
+def test_analyze_group_bootstraps_the_recall_circuit(tmp_path):
+    cfg = "seed: {s}\nloss: all\nmodel:\n  kind: hyena\n  causal: true\n"
+    runs = [make_run(tmp_path / f"r{s}", seed=s, config=cfg.format(s=s),
+                     csv_rows=_swap_csv(STEPS, mid)) for s, mid in enumerate((100.0, 150.0, 220.0))]
+    runs.append(make_run(tmp_path / "r9", seed=9, config=cfg.format(s=9)))  # never probed
+    g = analyze_group(runs, write_runs=False)["groups"]["causal/all"]["recall_circuit"]
+    assert g["runs_without"] == 1 and g["midpoint"]["n"] == 3
+    assert 90 <= g["midpoint"]["lo"] <= g["midpoint"]["value"] <= g["midpoint"]["hi"] <= 240
+    assert g["steps"]["hi"] < 0  # every seed's circuit forms before its jump at 600

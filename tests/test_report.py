@@ -75,6 +75,71 @@ def write_circuit_csv(run: Path, mid: float) -> None:
     (run / "analysis" / "metrics.csv").write_text("\n".join(rows) + "\n")
 
 
+SOURCE_ROLES = ("match_key", "match_value", "match_after", "match_pair", "other_pair", "query", "bias", "rest")
+# an AR row (vocab 10: keys 1..4, values 5..8, `=>` 9): pairs (k, v), then `=>` and the query key 1
+EX_TOKENS = [1, 5, 2, 6, 3, 7, 4, 8, 1, 5, 2, 6, 3, 7, 9, 1]
+
+
+def swap_source_rows(mid: float, steps=tuple(STEPS[::4]), layers=(0, 1)) -> list[dict]:
+    """The rows `hyenalens probe` writes for the swap test and the source decomposition
+    (interp/swap.py, interp/decompose.py), with sigmoid-shaped curves around `mid`."""
+    rows = []
+    for s in steps:
+        f = float(sig(s, mid, 30))
+        follow = 0.05 + 0.9 * f
+        for name, v, floor in (("follow", follow, 0.05), ("control", 0.05, 0.05), ("selectivity", follow - 0.05, 0.0),
+                               ("drop", 3.0 * f, 0.0), ("key_drop", 1.5 * f if s else math.nan, math.nan),
+                               ("key_control_drop", 0.1, math.nan), ("positions", 40.0, math.nan)):
+            rows.append(dict(step=s, metric=f"recall_swap_{name}", layer=-1, value=v, ci=0.03, n=32, floor=floor))
+        for l in layers:
+            g = f if l == 0 else 0.5 * f
+            share = dict(match_key=0.05, match_value=0.5 * g, match_after=0.1 * g, match_pair=0.1 + 0.6 * g,
+                         other_pair=0.2 - 0.1 * g, query=0.3 - 0.2 * g, bias=0.05)
+            share["rest"] = 1.0 - sum(share[r] for r in ("match_pair", "other_pair", "query", "bias"))
+            for target, scale in (("direct", 1.0), ("grad", 0.8)):
+                rows += [dict(step=s, metric="source_share", layer=l, value=scale * v, target=target, role=r, n=8)
+                         for r, v in share.items()]
+                rows.append(dict(step=s, metric="source_total", layer=l, value=0.5 + 4.0 * g, target=target, n=8))
+            rows += [dict(step=s, metric="source_patch_follow", layer=l, value=v * g, role=r, n=8)
+                     for r, v in (("match_key", 0.1), ("match_value", 0.8), ("match_after", 0.5), ("match_pair", 0.9))]
+    return rows
+
+
+def add_swap_source_rows(run: Path, mid: float) -> None:
+    """Append `swap_source_rows` to RUN_DIR/analysis/metrics.csv (made when absent)."""
+    import pandas as pd
+
+    f = run / "analysis" / "metrics.csv"
+    f.parent.mkdir(exist_ok=True)
+    new = pd.DataFrame(swap_source_rows(mid))
+    df = pd.concat([pd.read_csv(f), new], ignore_index=True) if f.is_file() else new
+    df.to_csv(f, index=False)
+
+
+def source_example(str_tokens: bool = True, step: int = 1000) -> dict:
+    """A source_example.json as documented: terms large on the matching pair's footprint."""
+    L = len(EX_TOKENS)
+    rng = np.random.default_rng(7)
+    roles = {"match_key": [0, 8], "match_value": [1, 9], "match_after": [2, 10], "match_pair": [1, 2, 9, 10],
+             "other_pair": [3, 4, 5, 6, 7, 8, 11, 12, 13, 14], "query": [L - 1]}
+    layers = []
+    for l in (0, 1):
+        terms = rng.normal(0, 0.1, L)
+        terms[roles["match_pair"]] += 1.0 - 0.6 * l
+        terms[L - 1] -= 0.3
+        layers.append({"layer": l, "hook": f"blocks.{l}.hook_mixer_out", "target": "direct", "terms": terms.tolist(),
+                       "bias": 0.1, "total": float(terms.sum() + 0.1), "roles": roles})
+    ex = {"step": step, "row": 0, "qpos": L - 1, "tokens": EX_TOKENS, "answer": 5, "layers": layers}
+    if str_tokens:
+        ex["str_tokens"] = [f"k{t}" if t <= 4 else f"v{t}" if t <= 8 else "=>" for t in EX_TOKENS]
+    return ex
+
+
+def write_source_example(run: Path, ex: dict | None = None) -> None:
+    (run / "analysis").mkdir(exist_ok=True)
+    (run / "analysis" / "source_example.json").write_text(json.dumps(source_example() if ex is None else ex))
+
+
 def write_formation(run: Path) -> None:
     """formation.json by analysis.formation when it exists, else the documented JSON from
     analysis.transitions on the accuracy curves and the circuit metrics."""
@@ -146,6 +211,8 @@ def make_run(run: Path, seed: int, causal: bool = True, loss: str = "all", mid: 
     write_metrics(run, mid, train_shift=30.0 * (seed + 1), noise=0.005, seed=seed)
     if full:
         write_circuit_csv(run, mid)
+        add_swap_source_rows(run, mid)
+        write_source_example(run)
         write_formation(run)
         write_model_files(run, cfg)
     return run
@@ -193,6 +260,9 @@ def test_report_renders(report_dir: Path):
     assert not errors, errors
     for n in range(1, 8):
         assert (f"figure {n}", "ok") in status, (n, status)
+    assert ("figure 8", "ok") in status  # where the recall signal sits: the full run has its rows
+    assert "fig8a_source_shares_" in page and "fig8b_source_example_" in page
+    assert "figure 8 (noncausal_last_s0) not drawn" in page  # no metrics.csv: skipped, not an error
     srcs = re.findall(r'<img src="([^"]+)"', page)
     assert len(srcs) >= 9
     for s in srcs:
@@ -337,3 +407,107 @@ def test_combined_analysis_drives_regime_statistics(tmp_path: Path):
     assert regimes["causal/all"]["offset_train_acc_all_log_steps"]["ci"] == [0.45, 0.55]
     with pytest.raises(UserError, match="--group"):
         load_group(str(tmp_path / "nope.json"), [runs_dir])
+
+
+# ------------------------------------------------------------------ swap panels and figure 8
+def _spy_save(monkeypatch, module) -> list:
+    """Record every matplotlib figure `module` saves (then save it as usual)."""
+    drawn, real = [], module.save
+    monkeypatch.setattr(module, "save", lambda fig, *a: drawn.append(fig) or real(fig, *a))
+    return drawn
+
+
+def _png_ok(path: Path) -> None:
+    import matplotlib.image as mpimg
+
+    assert path.is_file() and path.stat().st_size > 5000
+    px = mpimg.imread(str(path))[..., :3]
+    assert px.shape[0] > 300 and px.shape[1] > 500 and px.std() > 0.05  # drawn, not blank
+
+
+def test_swap_panels_and_source_figure(tmp_path: Path, monkeypatch):
+    import pandas as pd
+
+    import reports.figures_curves as fc
+    import reports.figures_sources as fs
+    from reports.rundata import load_run
+
+    run = make_run(tmp_path / "r", 0, full=False)
+    write_circuit_csv(run, 400.0)
+    add_swap_source_rows(run, 400.0)
+    write_source_example(run)
+    rd = load_run(run)
+    out = tmp_path / "out"
+    out.mkdir()
+    # figure 2: the two swap panels, and no generic panel for any recall_swap_* / source_* metric
+    drawn2 = _spy_save(monkeypatch, fc)
+    f2 = fc.fig_circuit_timelines(rd, out)
+    _png_ok(out / f2.file)
+    axes = {ax.get_title(): ax for ax in drawn2[0].axes}
+    swap_title, drops_title = (fc.SWAP_PANELS[k][0] for k in ("recall_swap", "recall_swap_drops"))
+    assert swap_title in axes and drops_title in axes
+    assert not [t for t in axes if t.startswith(("recall swap", "source "))], list(axes)
+    assert "Position-swap panels" in f2.caption and "label-permutation control" in f2.caption
+    assert "Hewitt" not in f2.caption
+    lines = {l.get_label(): l for l in axes[swap_title].get_lines()}
+    want = pd.DataFrame(swap_source_rows(400.0))
+    for metric, label, _, _ in fc.SWAP_PANELS["recall_swap"][2]:
+        exp = want[want.metric == metric].sort_values("step")["value"].to_numpy()
+        assert np.allclose(lines[label].get_ydata(), exp), metric  # the csv's values, step by step
+    key = [l for l in axes[drops_title].get_lines() if l.get_label() == "key swap"][0]
+    assert len(key.get_ydata()) == len(want[want.metric == "recall_swap_drop"]) - 1  # its NaN step is left out
+    # figure 8: (a) one share panel and one patch-follow panel per layer, (b) one bar row per layer
+    drawn8 = _spy_save(monkeypatch, fs)
+    figs = fs.fig_sources(rd, out)
+    assert [f.file.split("_")[0] for f in figs] == ["fig8a", "fig8b"]
+    for f in figs:
+        _png_ok(out / f.file)
+        assert "not drawn" not in f.caption
+    shares, example = drawn8
+    assert len(shares.axes) == 4 and {a.get_title().split("\n")[0] for a in shares.axes} == {"layer 0", "layer 1", ""}
+    top = [a for a in shares.axes if a.get_title().startswith("layer 0")][0]
+    styles = {l.get_label(): l.get_linestyle() for l in top.get_lines() if not l.get_label().startswith("_")}
+    assert styles["matching pair(s)"] == "-" and styles["matching value(s)"] == "--"
+    ex = source_example()
+    assert len(example.axes) == 2
+    for ax, lay in zip(example.axes, ex["layers"]):
+        assert np.allclose([b.get_height() for b in ax.containers[0]], lay["terms"])  # bar per position
+    assert [t.get_text() for t in example.axes[-1].get_xticklabels()] == ex["str_tokens"]
+
+
+def test_source_figure_skips_or_draws_what_it_has(tmp_path: Path, monkeypatch):
+    import reports.figures_curves as fc
+    import reports.figures_sources as fs
+    from reports.figures_common import FigureSkipped
+    from reports.report import _Figures
+    from reports.rundata import load_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # metrics.csv without the new rows and no example: figure 8 is skipped, saying what and who writes it
+    run = make_run(tmp_path / "runs" / "old", 0, full=False)
+    write_circuit_csv(run, 400.0)
+    with pytest.raises(FigureSkipped, match=r"no source_share rows.*source_example\.json is missing.*hyenalens probe"):
+        fs.fig_sources(load_run(run), out)
+    drawn = _spy_save(monkeypatch, fc)
+    f2 = fc.fig_circuit_timelines(load_run(run), out)
+    assert "Position-swap" not in f2.caption
+    assert fc.SWAP_PANELS["recall_swap"][0] not in [a.get_title() for a in drawn[0].axes]
+    figs = _Figures(out, progress=False)  # the report's wrapper: a skip message on the page, not an error
+    page = figs.draw("figure 8 (old)", fs.fig_sources, load_run(run))
+    assert figs.records[0]["status"] == "skipped" and "source_share" in figs.records[0]["reason"]
+    assert "figure 8 (old) not drawn" in page
+    # no metrics.csv at all
+    bare = load_run(make_run(tmp_path / "runs" / "bare", 0, full=False))
+    with pytest.raises(FigureSkipped, match="analysis/metrics.csv is missing"):
+        fs.fig_sources(bare, out)
+    # only the example: (b) is drawn, its caption says why (a) is not; without str_tokens the ids label it
+    write_source_example(run, source_example(str_tokens=False))
+    figs = fs.fig_sources(load_run(run), out)
+    assert len(figs) == 1 and figs[0].file.startswith("fig8b") and "(a) is not drawn" in figs[0].caption
+    # a malformed example is an error naming the file, not a silent skip
+    bad = source_example()
+    bad["layers"][1]["terms"] = bad["layers"][1]["terms"][:-1]
+    write_source_example(run, bad)
+    with pytest.raises(ValueError, match=r"source_example\.json: layer 1 has 15 terms for 16 tokens"):
+        fs.fig_sources(load_run(run), out)

@@ -196,3 +196,10 @@ def test_a_non_finite_trial_step_gives_nan_residuals_without_lapack(monkeypatch)
         r = vp.resid(np.array([np.inf, np.inf]))
     assert r.shape == x.shape and np.isnan(r).all()
     assert np.isfinite(vp.resid(np.array([2.0, 3.0]))).all()  # a normal point still fits
+
+
+def test_a_curve_without_finite_values_has_no_transition():
+    """A metric that does not apply to a run (e.g. the AR key swap when every key is present)
+    is written as NaN at every step: no transition, no error."""
+    steps = np.array([0, 10, 100, 1000, 2000, 3000, 4000, 5000], dtype=float)
+    assert detect_transitions(steps, np.full(steps.size, np.nan)) == []
