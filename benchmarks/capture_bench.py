@@ -49,7 +49,7 @@ def run(plan, bar, provenance: str) -> list[Section]:
     ps = probe_set_from_data(data, "test", n_probe=c["n_probe"], n_circuit=c["n_circuit"], seed=0)
     opt = MetricOptions(**c.get("options", {}))
     rows, checks = [], []
-    parts = ("capture", "probes", "filters", "scores", "attribution", "patching")
+    parts = ("capture", "probes", "filters", "scores", "attribution", "patching", "swap", "sources")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "step.safetensors"
         for name, model in _models(plan, ps.length, len(data.vocab)):
@@ -85,10 +85,11 @@ def run(plan, bar, provenance: str) -> list[Section]:
               f"{n_train}/{ps.n - n_train} for the probes, {len(ps.circuit_idx)} circuit rows. Per checkpoint: "
               "capture (one forward over the probe set keeping the default hooks at 7 slots, written to "
               "safetensors and read back) and every metric of `evaluate_model`: answer accuracy, the 3 "
-              "probes with control tasks per layer (12 logistic regressions for 2 layers), filter lag-1 "
-              f"mass and effective length, map scores on {opt.n_scores} circuit rows, integrated gradients "
-              f"on {opt.n_attr} circuit rows with {opt.ig_steps} steps, and patching on {opt.n_patch} "
-              "clean/corrupted pairs over the default patch hooks and 6 position groups (the documented "
-              "subsets of MetricOptions). Median seconds over rounds after one warm-up call (which pays "
+              "probes with permutation controls per layer (12 logistic regressions for 2 layers), filter "
+              f"lag-1 mass and effective length, map scores on {opt.n_scores} circuit rows, integrated gradients "
+              f"on {opt.n_attr} circuit rows with {opt.ig_steps} steps, patching on {opt.n_patch} "
+              "clean/corrupted pairs over the default patch hooks and 6 position groups, the position-swap "
+              f"test on all {ps.n} sequences, and the signed source decomposition (both readouts) and its "
+              f"path patching by role on {opt.n_sources} rows (the documented subsets of MetricOptions). Median seconds over rounds after one warm-up call (which pays "
               f"the sklearn/captum imports). Target ≤ {TARGET:g} s."],
         tables=[(["model", "seconds / checkpoint"] + [f"{p} s" for p in parts], rows)], checks=checks)]

@@ -131,8 +131,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if len(runs) == 1 and args.out is None:
         formation = analyze_run(runs[0])
         jumps = ", ".join(f"{j['midpoint']:.0f}" for j in formation["transitions"].get("test_acc_last", []))
+        rc, mech = formation["recall_circuit"], formation.get("mechanism") or {}
+        circuit = (f"recall circuit (swap selectivity) at {rc['midpoint']:.0f}" if rc["status"] == "measured"
+                   else f"recall circuit: {rc['status']}")
         print(f"{runs[0]}: {len(formation['transitions'])} curves timed, test_acc_last jumps at "
-              f"{jumps or 'no transition'}; wrote {runs[0]}/analysis/formation.json")
+              f"{jumps or 'no transition'}; {circuit}; mechanism: {mech.get('verdict', 'not measured')}; "
+              f"wrote {runs[0]}/analysis/formation.json")
         return 0
     out = args.out or str(_common_folder(runs) / "analysis" / "formation_group.json")
     group = analyze_group(runs, out_path=out)
