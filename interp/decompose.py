@@ -45,6 +45,7 @@ are left out.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -65,8 +66,8 @@ SOURCE_ROLES = DIAGNOSTIC_ROLES + PARTITION_ROLES
 PATCH_ROLES = ("match_key", "match_value", "match_after", "match_pair")
 
 __all__ = ["DIAGNOSTIC_ROLES", "PARTITION_ROLES", "PATCH_ROLES", "SOURCE_ROLES", "SourceTerms",
-           "conv_window", "mask_positions", "pair_footprint", "patch_source_terms", "source_example", "source_patch_rows",
-           "source_role_masks", "source_rows", "source_terms"]
+           "conv_window", "mask_positions", "pair_footprint", "patch_source_terms", "source_example", "source_metrics",
+           "source_patch_rows", "source_role_masks", "source_rows", "source_terms"]
 
 
 # ====================================================================== roles
@@ -173,7 +174,7 @@ def _decompose(model: nn.Module, tokens: Tensor, qpos: Tensor, answer: Tensor, c
         vals = {}
         for target, w in (("direct", read.direct), ("grad", read.grad[l])):
             vals[target] = (torch.einsum("bjm,bm->bj", proj, w), (st.bias * w).sum(-1))  # [n, L], [n]
-        out.append(dict(layer=l, hook=st.hook, masks=masks, values=vals))
+        out.append(dict(layer=l, hook=st.hook, masks=masks, values=vals, terms=st))
     return out
 
 
@@ -193,12 +194,7 @@ def _prepare(model: nn.Module, ps: Any, candidates: Any, rows: int | None) -> tu
     return k, check_candidates(candidates, k, ps.n, vocab)
 
 
-def source_rows(model: nn.Module, ps: Any, candidates: Tensor, rows: int | None = None) -> list[dict]:
-    """`source_share` and `source_total` rows (module doc) of every layer on the probe set's
-    first `rows` rows (None: all)."""
-    k, cand = _prepare(model, ps, candidates, rows)
-    roles = {name: m[:k] for name, m in ps.roles.items()}
-    res = _decompose(model, ps.inputs[:k], ps.qpos[:k], ps.answer[:k], cand, roles)
+def _share_rows(res: list[dict[str, Any]], k: int) -> list[dict]:
     out = []
     for r in res:
         base = dict(layer=r["layer"], hook=r["hook"], n=k)
@@ -211,6 +207,32 @@ def source_rows(model: nn.Module, ps: Any, candidates: Tensor, rows: int | None 
             m, ci = _mean_ci(v.sum(-1) + vb)
             out.append(dict(base, metric="source_total", target=target, role="", value=m, ci=ci))
     return out
+
+
+def source_rows(model: nn.Module, ps: Any, candidates: Tensor, rows: int | None = None) -> list[dict]:
+    """`source_share` and `source_total` rows (module doc) of every layer on the probe set's
+    first `rows` rows (None: all)."""
+    k, cand = _prepare(model, ps, candidates, rows)
+    roles = {name: m[:k] for name, m in ps.roles.items()}
+    return _share_rows(_decompose(model, ps.inputs[:k], ps.qpos[:k], ps.answer[:k], cand, roles), k)
+
+
+def source_metrics(model: nn.Module, ps: Any, swapped_inputs: Tensor, substitute: Tensor,
+                   candidates: Tensor, rows: int | None = None, clean_pred: Tensor | None = None,
+                   shares: bool = True) -> list[dict]:
+    """`source_rows` (when `shares`) and `source_patch_rows` together, as `hyenalens probe`
+    runs them: each layer's clean terms are computed once, and `clean_pred` [≥ rows] (the clean
+    argmax at q, e.g. from the capture's logits) saves the clean patching pass."""
+    k, cand = _prepare(model, ps, candidates, rows)
+    clean = None
+    out: list[dict] = []
+    if shares:
+        roles = {name: m[:k] for name, m in ps.roles.items()}
+        res = _decompose(model, ps.inputs[:k], ps.qpos[:k], ps.answer[:k], cand, roles)
+        out += _share_rows(res, k)
+        clean = {r["layer"]: r["terms"] for r in res}
+    return out + source_patch_rows(model, ps, swapped_inputs, substitute, cand, rows=k,
+                                   clean_terms=clean, clean_pred=clean_pred)
 
 
 def source_example(model: nn.Module, ps: Any, candidates: Tensor, row: int = 0) -> dict:
@@ -275,17 +297,29 @@ def patch_source_terms(
             "output": got["out"][rows, q].reshape(V, n, -1)}
 
 
+def _select(st: SourceTerms, ok: Tensor) -> SourceTerms:
+    pick = lambda t: None if t is None else t[ok.to(t.device)]  # noqa: E731
+    return replace(st, stream=pick(st.stream), projected=pick(st.projected), bias=pick(st.bias),
+                   output=pick(st.output))
+
+
 def source_patch_rows(model: nn.Module, ps: Any, swapped_inputs: Tensor, substitute: Tensor,
-                      candidates: Tensor, rows: int | None = None) -> list[dict]:
+                      candidates: Tensor, rows: int | None = None,
+                      clean_terms: dict[int, SourceTerms] | None = None,
+                      clean_pred: Tensor | None = None) -> list[dict]:
     """`source_patch_follow` rows (module doc) per layer and role ∈ PATCH_ROLES, on the probe
     set's first `rows` rows that have a substitute (s ≥ 0). `swapped_inputs` [ps.n or rows, L]
-    and `substitute` [ps.n or rows] are the caller's value swap; `candidates` are only checked."""
+    and `substitute` [ps.n or rows] are the caller's value swap; `candidates` are only checked.
+    `clean_terms` ({layer: source_terms of the first `rows` rows}) and `clean_pred` (the clean
+    argmax at q of at least those rows) may be passed in to avoid recomputing them."""
     k, _ = _prepare(model, ps, candidates, rows)
     sw, sub = torch.as_tensor(swapped_inputs), torch.as_tensor(substitute).to(torch.int64)
     if sw.dim() != 2 or sw.shape[0] not in (k, ps.n) or sw.shape[1] != ps.length:
         raise UserError(f"swapped_inputs must be [{ps.n}, {ps.length}] like the probe set's inputs")
     if sub.shape != sw.shape[:1]:
         raise UserError(f"substitute must be [{sw.shape[0]}], one token per swapped row")
+    if clean_pred is not None and len(clean_pred) < k:
+        raise UserError(f"clean_pred must give at least {k} rows, got {len(clean_pred)}")
     sw, sub = sw[:k].to(torch.int64), sub[:k]
     ok = sub >= 0
     tokens, qpos, sub = ps.inputs[:k][ok], ps.qpos[:k][ok], sub[ok]
@@ -298,13 +332,17 @@ def source_patch_rows(model: nn.Module, ps: Any, swapped_inputs: Tensor, substit
         if m == 0:
             out += [dict(base, role=role, value=float("nan"), ci=float("nan")) for role in PATCH_ROLES]
             continue
-        clean, swapped = source_terms(model, tokens, qpos, l), source_terms(model, sw, qpos, l)
+        clean = source_terms(model, tokens, qpos, l) if clean_terms is None else _select(clean_terms[l], ok)
+        swapped = source_terms(model, sw, qpos, l)
         rm = source_role_masks(model, l, roles, qpos)
-        # entry 0 patches nothing: the clean prediction, so that a row already predicting s
-        # does not count as following (as in the swap test, interp/swap.py)
-        masks = torch.stack([torch.zeros_like(rm["query"])] + [rm[r] for r in PATCH_ROLES])  # [1+V, m, L]
+        masks = torch.stack([rm[r] for r in PATCH_ROLES])  # [V, m, L]
+        if clean_pred is None:
+            # an extra entry that patches nothing gives the clean prediction
+            masks = torch.cat([torch.zeros_like(masks[:1]), masks])  # [1+V, m, L]
         pred = patch_source_terms(model, tokens, qpos, l, clean, swapped, masks)["logits"].argmax(-1).cpu()
-        follow = ((pred[1:] == sub[None]) & (pred[:1] != sub[None])).to(torch.float64)  # [V, m]
+        before, pred = (pred[0], pred[1:]) if clean_pred is None else (clean_pred[:k][ok].cpu(), pred)
+        # a row that already predicted s does not count as following (as in interp/swap.py)
+        follow = ((pred == sub[None]) & (before != sub)[None]).to(torch.float64)  # [V, m]
         for i, role in enumerate(PATCH_ROLES):
             p = float(follow[i].mean())
             out.append(dict(base, role=role, value=p, ci=1.96 * math.sqrt(p * (1 - p) / m)))

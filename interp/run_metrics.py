@@ -67,7 +67,7 @@ from torch import Tensor
 
 from models.errors import UserError
 
-from interp.decompose import source_example, source_patch_rows, source_rows
+from interp.decompose import source_example, source_metrics
 from interp.sources import projectable
 from interp.swap import probe_task, probe_vocab_size, swap_metrics, value_candidates, value_swap
 
@@ -164,15 +164,17 @@ def evaluate_model(
             sub = {key: v[:k] for key, v in circuit.items()}
             rows += patch_recovery(model, sub, opt.patch_hooks, skip_identical=opt.skip_identical)
             t0 = tick("patching", t0)
+        # the clean logits at the query, from the capture forward (slot 0 is the query)
+        clean = acts["logits"][:, 0].float() if "logits" in acts and probe_task(ps) != "mqar" else None
         if opt.swap:
-            rows += swap_metrics(model, ps, seed=opt.swap_seed)
+            rows += swap_metrics(model, ps, seed=opt.swap_seed, clean_logits=clean)
             t0 = tick("swap", t0)
         if opt.sources:
-            cands = value_candidates(ps)
             swap = value_swap(ps, seed=opt.swap_seed)
-            if projectable(model):  # else no per-source split in d_model exists (docs/metrics.md)
-                rows += source_rows(model, ps, cands, rows=opt.n_sources)
-            rows += source_patch_rows(model, ps, swap.inputs, swap.substitute, cands, rows=opt.n_sources)
+            # without projectable layers no per-source split in d_model exists (docs/metrics.md)
+            rows += source_metrics(model, ps, swap.inputs, swap.substitute, value_candidates(ps),
+                                   rows=opt.n_sources, shares=projectable(model),
+                                   clean_pred=None if clean is None else clean.argmax(-1))
             t0 = tick("sources", t0)
     finally:
         model.train(was_training)

@@ -264,10 +264,17 @@ def _row(metric: str, vals: Tensor, seq: Tensor, n: int | None = None) -> dict[s
     return dict(metric=metric, layer=-1, value=float(vals.mean()), n=len(vals) if n is None else n, ci=ci)
 
 
-def swap_metrics(model: nn.Module, ps: Any, seed: int = 0, batch_size: int = DEFAULT_BATCH) -> list[dict[str, Any]]:
-    """The recall_swap_* rows of one model on a probe set (see the module docstring)."""
+def swap_metrics(model: nn.Module, ps: Any, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                 clean_logits: Tensor | None = None) -> list[dict[str, Any]]:
+    """The recall_swap_* rows of one model on a probe set (see the module docstring).
+
+    `clean_logits` [ps.n, vocab]: the clean run's logits at `ps.qpos` when the caller has them
+    (capture keeps them, slot 0 of "logits"), saving one forward; AR and IH only (MQAR scores
+    every query position, so it runs its own)."""
     task = probe_task(ps)
     plan = swap_plan(ps, seed)
+    if clean_logits is not None and (task == "mqar" or tuple(clean_logits.shape[:1]) != (ps.n,)):
+        raise UserError(f"clean_logits must be [{ps.n}, vocab] at the probe set's query, for AR or IH")
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be at least 1")
     m = len(plan.row)
@@ -277,7 +284,8 @@ def swap_metrics(model: nn.Module, ps: Any, seed: int = 0, batch_size: int = DEF
     was_training = model.training
     model.eval()
     try:
-        clean = _logits_at(model, ps.inputs, plan.row, plan.pos, batch_size)
+        clean = (_logits_at(model, ps.inputs, plan.row, plan.pos, batch_size) if clean_logits is None
+                 else clean_logits[plan.row].double().cpu())
         out = {w: _logits_at(model, plan.apply(ps.inputs, w), inst, plan.pos, batch_size)
                for w in ("value", "control")}
         for w in ("key", "key_control") if task == "ar" else ():

@@ -312,3 +312,26 @@ def test_bad_input(hyena_models, tokens, ar_ps):
         source_rows(model, ar_ps, torch.tensor([5, 99]))
     with pytest.raises(UserError, match="swapped_inputs"):
         source_patch_rows(model, ar_ps, ar_ps.inputs[:, :3], ar_ps.answer, torch.arange(5, 9))
+
+
+@pytest.mark.parametrize("kind", ["hyena", "attention"])
+def test_source_metrics_equals_its_parts(hyena_models, attention_model, ar_ps, kind):
+    """What `hyenalens probe` runs (clean terms computed once, the clean prediction passed in)
+    gives the rows of source_rows + source_patch_rows."""
+    from interp.decompose import source_metrics, source_patch_rows, source_rows
+
+    model = hyena_models[(2, True)] if kind == "hyena" else attention_model
+    cand = torch.arange(5, 9)
+    s = torch.where(ar_ps.answer == 5, 6, 5)
+    swapped = torch.where(ar_ps.roles["match_value"], s[:, None], ar_ps.inputs)
+    with torch.no_grad():
+        pred = at_q(model(ar_ps.inputs), ar_ps.qpos).argmax(-1)
+    both = source_metrics(model, ar_ps, swapped, s, cand, rows=6, clean_pred=pred)
+    parts = source_rows(model, ar_ps, cand, rows=6) + source_patch_rows(model, ar_ps, swapped, s, cand, rows=6)
+    key = lambda r: (r["metric"], r["layer"], r["target"], r["role"])  # noqa: E731
+    assert sorted(map(key, both)) == sorted(map(key, parts))
+    got = {key(r): r["value"] for r in both}
+    for r in parts:
+        assert got[key(r)] == pytest.approx(r["value"], abs=1e-9), key(r)
+    no_shares = source_metrics(model, ar_ps, swapped, s, cand, rows=6, shares=False)
+    assert {r["metric"] for r in no_shares} == {"source_patch_follow"}

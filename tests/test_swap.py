@@ -321,3 +321,23 @@ def test_run_probe_set_meta(sets):
     bad = dataclasses.replace(sets["ar"], meta={"task": "assoc_recall"})
     with pytest.raises(UserError, match="vocab_size"):
         value_candidates(bad)
+
+
+@pytest.mark.parametrize("name", ["hyena-causal", "attention"])
+def test_clean_logits_from_capture_give_the_same_rows(sets, name):
+    """`hyenalens probe` passes the capture's clean logits at the query instead of a forward."""
+    from interp.capture import capture_model
+
+    ps = sets["ar"]
+    model = _tiny(name).eval()
+    clean = capture_model(model, ps)["logits"][:, 0]  # slot 0 is the query
+    given, own = _v(swap_metrics(model, ps, seed=0, clean_logits=clean)), _v(swap_metrics(model, ps, seed=0))
+    for m in BASE + KEYS:
+        assert given[m]["value"] == pytest.approx(own[m]["value"], abs=1e-5) and given[m]["n"] == own[m]["n"]
+    # and they are used: logits that make s the clean argmax everywhere leave nothing to follow
+    plan = swap_plan(ps, seed=0)
+    rigged = torch.zeros(ps.n, clean.shape[-1])
+    rigged[plan.row, plan.substitute] = 100.0
+    assert _v(swap_metrics(model, ps, seed=0, clean_logits=rigged))["recall_swap_follow"]["value"] == 0.0
+    with pytest.raises(UserError, match="clean_logits"):
+        swap_metrics(model, ps, seed=0, clean_logits=clean[:3])
