@@ -49,6 +49,13 @@ KEY_PATCH = {0: {"match_key": 0.8, "match_value": 0.1, "match_after": 0.0}}
     (dict(selectivity=(0.9, 0.8), shares=VALUE, patch=VALUE_PATCH), "neither"),
     # a large share that patching does not confirm
     (dict(shares=VALUE, patch={0: {"match_value": 0.1, "match_after": 0.1}}), "neither"),
+    # a non-causal split (measured on ar_noncausal_last): key and value positions each carry a
+    # share, neither alone moves the answer when patched, their footprint does
+    (dict(shares={0: {"match_key": 0.31, "match_value": 0.18, "match_after": 0.11, "match_pair": 0.49}},
+          patch={0: {"match_key": 0.22, "match_value": 0.22, "match_after": 0.09, "match_pair": 0.69}}), "both"),
+    # ... but a footprint that patching does not confirm is no location
+    (dict(shares={0: {"match_key": 0.31, "match_value": 0.3}},
+          patch={0: {"match_key": 0.22, "match_value": 0.22, "match_pair": 0.25}}), "neither"),
     # patching without the share (the signal sits elsewhere, e.g. at the query)
     (dict(shares={1: {"query": 0.9, "match_value": 0.05}}, patch=VALUE_PATCH), "neither"),
 ])
