@@ -40,11 +40,19 @@ def _faults(setting: str) -> tuple[bool, float]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_tuned_malloc_reuses_cached_activation_memory():
     tuned, faults_tuned = _faults("1")
-    off, faults_off = _faults("0")
-    assert tuned and not off
-    # measured: 0-90 faults per call tuned, 1,300-2,900 with glibc's defaults
+    assert tuned
+    # measured: 0-90 faults per call tuned, 1,300-2,900 with glibc's defaults. glibc's own
+    # (dynamic) thresholds depend on the allocation history, and one untuned child in a full
+    # test run once measured 132: the untuned side gets up to three children
+    offs = []
+    for _ in range(3):
+        off, faults_off = _faults("0")
+        assert not off
+        offs.append(faults_off)
+        if faults_off > 600:
+            break
     assert faults_tuned < 250, faults_tuned
-    assert faults_off > 600, faults_off
+    assert max(offs) > 600, offs
 
 
 def test_opt_out_changes_nothing(monkeypatch):
