@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.config_source import parse_yaml
+from models.config.source import parse_yaml
 from models.errors import UserError
-from models.io import read_jsonl
+from models.rundir.io import read_jsonl
 
 ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
 _CSV_REQUIRED = ("step", "metric", "layer", "value")

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import UserError
-from models.io import atomic_write_json
+from models.rundir.io import atomic_write_json
 
 from .bootstrap import bootstrap_ci
 from .curves import ACC_CURVES, curve_name, read_curves, run_info

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--threads {args.threads} must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    from models.runtime import tune_malloc
+    from hyenalens.runtime import tune_malloc
 
     tune_malloc()  # as the hyenalens CLI runs: same process settings for ours and the reference
     from benchmarks.suite import run

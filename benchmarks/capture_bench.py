@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.report import Section
 from models.build import build_model
-from models.io import atomic_save_tensors, load_tensors
+from models.rundir.io import atomic_save_tensors, load_tensors
 
 TARGET = 1.0  # seconds per checkpoint
 SAFARI = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "safari_ar_v10_l64_o2"
@@ -26,8 +26,8 @@ def _models(plan, L: int, vocab: int) -> list[tuple[str, torch.nn.Module]]:
     if not plan.quick and SAFARI.is_dir():
         import yaml
 
-        from models.lm import HyenaLM
-        from models.safari import load_state_dict
+        from models.hyena.lm import HyenaLM
+        from models.safari.conversion import load_state_dict
 
         cfg = yaml.safe_load((SAFARI / "config.yaml").read_text())
         sd = load_state_dict(SAFARI / "step_001884.safetensors")
@@ -42,7 +42,7 @@ def run(plan, bar, provenance: str) -> list[Section]:
     from interp.capture import capture_model, default_hooks
     from interp.probe_set import probe_set_from_data
     from interp.run_metrics import MetricOptions, evaluate_model
-    from models.synthetics import icl_dataset
+    from models.data.synthetics import icl_dataset
 
     c = plan.capture
     data = icl_dataset("assoc_recall", 10, c["seq_len"], c["n_train"], c["n_test"], seed=0)

@@ -11,8 +11,8 @@ from benchmarks.timing import compare
 from interp.implicit_attention import (_auto_row_block, _fold_short_conv, _h_rows, hyena_implicit_attention,
                                        hyena_operands, row_normalize)
 from models.build import build_model
-from models.fftconv import circular_kernel, fft_conv, fft_size, short_conv
-from models.optim import AdamW, param_groups
+from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
+from models.training.optim import AdamW, param_groups
 
 
 def _autograd_channels_last(z, h, D):
@@ -135,7 +135,7 @@ def run(plan, bar, provenance: str) -> list[Section]:
               "new / old = median of the per-round ratios, below 1 is faster). *5-smooth* is the "
               "smallest even 2^a·3^b·5^c ≥ 2L−1 "
               "(`scipy.fft.next_fast_len(2L−1, real=True)` can be odd: 135 for L = 66); *ours* is "
-              "`models.fftconv.fft_size`, the smallest even length ≥ 2L−1 without prime factors above 13."],
+              "`models.hyena.fftconv.fft_size`, the smallest even length ≥ 2L−1 without prime factors above 13."],
         tables=[(["lever", "setting", "old ms", "new ms", "new / old"], rows)])]
 
 

@@ -41,7 +41,7 @@ def describe(device: str) -> str:
     parts.append(f"CPU {cpu_model()}, {os.cpu_count()} cores" + (f", {mem:.0f} GiB RAM" if mem else ""))
     parts.append(f"torch {torch.__version__}, Python {platform.python_version()}, "
                  f"{torch.get_num_threads()} torch thread(s)")
-    from models.runtime import malloc_tuned
+    from hyenalens.runtime import malloc_tuned
 
     parts.append("glibc malloc thresholds raised (models/runtime.py)" if malloc_tuned() else "system malloc")
     return "; ".join(parts)

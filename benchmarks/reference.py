@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from models.filters import HyenaFilter
-from models.hyena import HyenaOperator
+from models.hyena.filters import HyenaFilter
+from models.hyena.operator import HyenaOperator
 
 
 def reference_filter(f: HyenaFilter, L: int) -> Tensor:

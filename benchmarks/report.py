@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.io import atomic_write_text
+from models.rundir.io import atomic_write_text
 
 DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU (`--device cuda`)"}
 SECTION_ORDER = ("targets", "train", "operator", "levers", "hooks", "implicit", "capture", "demo", "notes")

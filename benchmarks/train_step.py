@@ -13,7 +13,7 @@ from benchmarks.reference import ReferenceAdamW, ReferenceHyenaOperator, referen
 from benchmarks.report import Section
 from benchmarks.timing import compare
 from models.build import build_model
-from models.optim import AdamW, param_groups
+from models.training.optim import AdamW, param_groups
 
 TARGETS = {64: 0.6, 1024: 0.6, 8192: 0.8}  # the performance issue's CPU targets (ratio to the reference)
 

@@ -10,11 +10,11 @@ import argparse
 import sys
 
 from models.errors import UserError
-from models.runtime import tune_malloc
+from hyenalens.runtime import tune_malloc
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from models.smoke import smoke
+    from hyenalens.smoke import smoke
 
     return smoke(quiet=args.quiet)
 
@@ -30,7 +30,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _set_threads(args)
-    from models.train import train
+    from models.training.loop import train
 
     result = train(args.config, args.out, args.overrides, device=args.device, quiet=args.quiet,
                    max_steps=args.max_steps)
@@ -152,7 +152,7 @@ def _common_folder(runs):
 
 
 def _cmd_import_safari(args: argparse.Namespace) -> int:
-    from models.safari_import import import_safari
+    from models.safari.run_import import import_safari
 
     _set_threads(args)
     run = import_safari(args.safari_dir, args.out, trust_pickle=args.trust_pickle, quiet=args.quiet)

@@ -27,7 +27,7 @@ DEMO_ATTENTION = ("quick_ar_attention_causal_all",)
 
 @dataclass(frozen=True)
 class Job:
-    config: str | dict  # a preset name, a YAML path or a raw config mapping (models.train.train)
+    config: str | dict  # a preset name, a YAML path or a raw config mapping (models.training.loop.train)
     seed: int
     out: str
     overrides: tuple[str, ...] = ()
@@ -37,7 +37,7 @@ def worker_init(threads: int = 1) -> None:
     """Each worker process trains with a fixed torch thread count (1: bit-identical reruns)."""
     import torch
 
-    from models.runtime import tune_malloc
+    from hyenalens.runtime import tune_malloc
 
     torch.set_num_threads(threads)
     tune_malloc()
@@ -48,7 +48,7 @@ def run_job(job: Job) -> dict[str, Any]:
     from analysis import analyze_run
     from interp.capture import capture_run
     from interp.run_metrics import probe_run
-    from models.train import train
+    from models.training.loop import train
 
     times = {}
     t = time.perf_counter()

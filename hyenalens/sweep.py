@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from hyenalens.pipeline import Job, run_job, run_jobs, worker_init
 from models.errors import UserError
-from models.io import atomic_write_json
-from models.sweep_spec import SWEEP_FORMAT, Point, expand, load_sweep, sweep_record
+from models.rundir.io import atomic_write_json
+from models.config.sweep import SWEEP_FORMAT, Point, expand, load_sweep, sweep_record
 
 BACKENDS = ("local", "ray")
 STAMPED = ("config.yaml", "metrics.jsonl", "checkpoints/index.json", "analysis/metrics.csv",

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from models.build import is_hyena
 from models.errors import UserError
-from models.io import decode_metadata
+from models.rundir.io import decode_metadata
 from interp.probe_set import (CAPTURE_VERSION, DEFAULT_N_CIRCUIT, DEFAULT_N_PROBE, DEFAULT_PROBE_SEED,
                               SLOTS, ProbeSet, make_probe_set)
 
@@ -223,7 +223,7 @@ def capture_run(
 
     from interp.run_io import list_checkpoints, load_checkpoint_model, read_run_config
     from models.build import model_kind
-    from models.io import atomic_save_tensors
+    from models.rundir.io import atomic_save_tensors
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
@@ -264,7 +264,7 @@ def capture_run(
 
 def load_step(run_dir: str | Path, step: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """A capture file's tensors and metadata."""
-    from models.io import load_tensors
+    from models.rundir.io import load_tensors
 
     return load_tensors(step_file(run_dir, step))
 

@@ -70,7 +70,7 @@ class LayerFilters:
 
 def layer_filters(model: nn.Module, layer: int, L: int | None = None) -> LayerFilters:
     """Materialize layer `layer`'s filters for length L (default: the model's l_max)."""
-    from models.lm import HyenaLM
+    from models.hyena.lm import HyenaLM
 
     if not isinstance(model, HyenaLM):
         raise UserError("filters exist only for Hyena models (HyenaLM)")

@@ -96,14 +96,14 @@ class ProbeSet:
             raise UserError(f"probe set lacks tensor {e}; delete RUN_DIR/capture and rerun `hyenalens capture`") from None
 
     def save(self, path: str | Path) -> None:
-        from models.io import atomic_save_tensors
+        from models.rundir.io import atomic_save_tensors
 
         meta = dict(self.meta, slots=list(SLOTS), digest=self.digest(), version=CAPTURE_VERSION)
         atomic_save_tensors(path, self.to_tensors(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeSet":
-        from models.io import load_tensors
+        from models.rundir.io import load_tensors
 
         t, meta = load_tensors(path)
         return cls.from_tensors(t, meta)
@@ -141,7 +141,7 @@ def make_probe_set(
     seed: int = DEFAULT_PROBE_SEED,
     source: dict[str, Any] | None = None,
 ) -> ProbeSet:
-    """Sample a probe set from one split (`inputs`, `targets`, `roles` as models.synthetics
+    """Sample a probe set from one split (`inputs`, `targets`, `roles` as models.data.synthetics
     returns them; `roles` a `Roles` or a mapping of its fields). Deterministic in `seed`."""
     get = (lambda k: roles[k]) if isinstance(roles, dict) else (lambda k: getattr(roles, k))
     total = int(inputs.shape[0])
@@ -230,7 +230,7 @@ def make_probe_set(
 
 
 def probe_set_from_data(data: Any, split: str = "test", **kw) -> ProbeSet:
-    """`make_probe_set` on a split of an `ICLData` (models.synthetics)."""
+    """`make_probe_set` on a split of an `ICLData` (models.data.synthetics)."""
     inputs, targets, roles = data.split(split)
     src = dict(getattr(data, "args", {}) or {}, split=split)
     return make_probe_set(inputs, targets, roles, source=kw.pop("source", src), **kw)

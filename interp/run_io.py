@@ -1,5 +1,5 @@
-"""Reading a run directory for interp, through the trainer's own API (models.config,
-models.checkpoint, models.rundir, models.batches): the resolved config, the complete
+"""Reading a run directory for interp, through the trainer's own API (models.config.schema,
+models.rundir.checkpoint, models.rundir.layout, models.data.batches): the resolved config, the complete
 checkpoints (those listed in checkpoints/index.json), a checkpoint's model, the test split.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from models.errors import UserError
 
 def read_run_config(run_dir: str | Path):
     """The run's resolved `RunConfig` (config.yaml, validated)."""
-    from models.config import parse_yaml, validate_config
-    from models.rundir import RunDir
+    from models.config.schema import parse_yaml, validate_config
+    from models.rundir.layout import RunDir
 
     run = RunDir(run_dir)
     if not run.is_run():
@@ -29,8 +29,8 @@ def read_run_config(run_dir: str | Path):
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(step, weights file) of every complete checkpoint (listed in index.json), in step order."""
-    from models.checkpoint import checkpoint_name, read_index
-    from models.rundir import RunDir
+    from models.rundir.checkpoint import checkpoint_name, read_index
+    from models.rundir.layout import RunDir
 
     run = RunDir(run_dir)
     index = read_index(run.index)
@@ -47,7 +47,7 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 def load_checkpoint_model(run_dir: str | Path, step: int, cfg: Any | None = None) -> nn.Module:
     """The model of checkpoint `step` (eval mode), checked against the run's kind."""
-    from models.checkpoint import checkpoint_name, load_checkpoint
+    from models.rundir.checkpoint import checkpoint_name, load_checkpoint
 
     cfg = read_run_config(run_dir) if cfg is None else cfg
     model = random_init_model(cfg)
@@ -67,7 +67,7 @@ def random_init_model(cfg: Any) -> nn.Module:
 
 def run_test_split(cfg: Any):
     """(inputs, targets, roles) of the run's test split, regenerated exactly from its config
-    (`models.batches.generate(cfg, cfg.data_seed)`, what the trainer evaluates on)."""
-    from models.batches import generate
+    (`models.data.batches.generate(cfg, cfg.data_seed)`, what the trainer evaluates on)."""
+    from models.data.batches import generate
 
     return generate(cfg, cfg.data_seed).split("test")

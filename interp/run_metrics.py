@@ -242,7 +242,7 @@ def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | 
 
 
 def _write_part(path: Path, signature: dict[str, Any], rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
-    from models.io import atomic_write_text
+    from models.rundir.io import atomic_write_text
 
     atomic_write_text(path, json.dumps({"signature": signature, "rows": rows, "seconds": seconds},
                                        default=_json_num, allow_nan=True) + "\n")
@@ -332,8 +332,8 @@ def example_path(run_dir: str | Path) -> Path:
 
 def _write_source_example(run_dir: Path, step: int, cfg: Any, ps: Any, signature: dict, force: bool) -> None:
     """The final checkpoint's per-source terms of probe row 0 (the report draws them)."""
-    from models.io import atomic_write_json
-    from models.vocab import icl_vocab, mqar_vocab
+    from models.rundir.io import atomic_write_json
+    from models.data.vocab import icl_vocab, mqar_vocab
 
     from interp.run_io import load_checkpoint_model
 
@@ -382,7 +382,7 @@ def tidy(rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | 
 
 
 def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None) -> None:
-    from models.io import atomic_write_text
+    from models.rundir.io import atomic_write_text
 
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")

@@ -1,7 +1,7 @@
 """HyenaLens models layer: synthetic data, the hooked Hyena operator and LM, the
 TransformerLens attention baseline, training and checkpoints.
 
-Names are resolved lazily (PEP 562), so `import models.errors` or `models.io` does not pay
+Names are resolved lazily (PEP 562), so `import models.errors` or `models.rundir.io` does not pay
 for torch and transformer-lens. Importing it never imports matplotlib, seaborn, sklearn or
 captum.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "HyenaConfig": "models.lm", "HyenaLM": "models.lm", "HyenaOperator": "models.hyena",
+    "HyenaConfig": "models.hyena.lm", "HyenaLM": "models.hyena.lm", "HyenaOperator": "models.hyena.operator",
     "build_model": "models.build", "model_kind": "models.build", "UserError": "models.errors",
-    "ICLData": "models.synthetics", "Roles": "models.synthetics", "icl_dataset": "models.synthetics",
-    "train_acc_all_ceiling": "models.synthetics", "mqar_dataset": "models.mqar",
+    "ICLData": "models.data.synthetics", "Roles": "models.data.synthetics", "icl_dataset": "models.data.synthetics",
+    "train_acc_all_ceiling": "models.data.synthetics", "mqar_dataset": "models.data.mqar",
 }
 __all__ = sorted(_EXPORTS)
 

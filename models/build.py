@@ -23,7 +23,7 @@ def build_model(model_config: dict[str, Any], seed: int = 0) -> nn.Module:
         raise UserError(f"model.kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     try:
         if kind == "hyena":
-            from models.lm import HyenaConfig, HyenaLM
+            from models.hyena.lm import HyenaConfig, HyenaLM
 
             hcfg = HyenaConfig.from_dict(cfg)
             with torch.random.fork_rng(devices=[]):
@@ -39,7 +39,7 @@ def build_model(model_config: dict[str, Any], seed: int = 0) -> nn.Module:
 
 
 def model_kind(model: nn.Module) -> str:
-    from models.lm import HyenaLM
+    from models.hyena.lm import HyenaLM
 
     return "hyena" if isinstance(model, HyenaLM) else "attention"
 

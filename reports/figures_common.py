@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
-from models.io import atomic_write_bytes  # noqa: E402
+from models.rundir.io import atomic_write_bytes  # noqa: E402
 
 DPI = 100
 ACC_STYLE = {  # curve: (label, color, linestyle)

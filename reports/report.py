@@ -68,7 +68,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
 
     `group`: analysis.formation.analyze_group's output (a dict, or its JSON file); by default a
     JSON with a top-level `groups` mapping in a folder argument (or its analysis/) is used."""
-    from models.io import atomic_write_json, atomic_write_text
+    from models.rundir.io import atomic_write_json, atomic_write_text
 
     if detail not in DETAIL:
         raise UserError(f"detail {detail!r} is unknown; use one of {', '.join(DETAIL)}")

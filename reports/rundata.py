@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import regime_name
-from models.config_source import parse_yaml
+from models.config.source import parse_yaml
 from models.errors import UserError
 
 ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
@@ -204,7 +204,7 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     f = path / "metrics.jsonl"
     if not f.is_file():
         raise UserError(f"{path} has no metrics.jsonl; it is not a run directory (train it first)")
-    from models.io import read_jsonl
+    from models.rundir.io import read_jsonl
 
     try:
         rows = read_jsonl(f)

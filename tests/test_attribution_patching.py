@@ -8,7 +8,7 @@ from interp.attribution import attribution_metrics, attribution_shares, integrat
 from interp.probe_set import make_probe_set
 from interp.patching import POSITION_GROUPS, patch_recovery, position_groups
 from models import build_model
-from models.synthetics import icl_dataset
+from models.data.synthetics import icl_dataset
 from tests.conftest import jitter_, tiny_hyena_config
 
 # Completeness tolerance: with 64 Gauss-Legendre nodes, |Σ attr − (F(x) − F(baseline))| must be

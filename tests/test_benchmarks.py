@@ -13,7 +13,7 @@ from benchmarks.__main__ import main
 from benchmarks.memory import LiveStorageBytes
 from benchmarks.reference import ReferenceAdamW, ReferenceHyenaOperator, reference_lm
 from models import HyenaOperator, build_model
-from models.optim import AdamW, param_groups
+from models.training.optim import AdamW, param_groups
 from tests.conftest import jitter_, tiny_hyena_config
 
 

@@ -16,7 +16,7 @@ from interp.probe_set import SLOTS, ProbeSet, make_probe_set
 from interp.run_metrics import METRIC_COLUMNS, MetricOptions, probe_run
 from models import build_model
 from models.errors import UserError
-from models.synthetics import icl_dataset
+from models.data.synthetics import icl_dataset
 from tests.conftest import jitter_, tiny_hyena_config
 
 
@@ -102,7 +102,7 @@ def test_capture_model_matches_a_plain_cache(kind, ps):
 # ---------------------------------------------------------------------- a real run directory
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from models.train import train
+    from models.training.loop import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = {"seed": 0, "loss": "all",

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from models.ckpt_schedule import CheckpointSchedule
-from models.config import (CheckpointConfig, ScheduleConfig, apply_overrides, config_diff, load_config, parse_yaml,
+from models.training.schedule import CheckpointSchedule
+from models.config.schema import (CheckpointConfig, ScheduleConfig, apply_overrides, config_diff, load_config, parse_yaml,
                            preset_names, read_config_source, resolve_config, validate_config)
 from models.errors import UserError
-from models.optim import AdamW, lr_factor, named_params, no_decay_names, param_groups
+from models.training.optim import AdamW, lr_factor, named_params, no_decay_names, param_groups
 
 REQUIRED_PRESETS = [f"{t}_{r}" for t in ("ar", "ih") for r in (
     "causal_all", "causal_last", "noncausal_last", "attention_causal_all", "attention_bidirectional_last")] + [

@@ -14,8 +14,8 @@ from interp.probe_set import probe_set_from_data
 from interp.sources import logit_diff_readout
 from models import build_model
 from models.errors import UserError
-from models.mqar import mqar_dataset
-from models.synthetics import icl_dataset
+from models.data.mqar import mqar_dataset
+from models.data.synthetics import icl_dataset
 from tests.conftest import jitter_, tiny_hyena_config
 
 VARIANTS = [(o, c) for o in (2, 3) for c in (True, False)]

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from models import build_model
-from models.fftconv import circular_kernel, fft_conv, fft_size, short_conv
-from models.hyena import HyenaOperator, long_conv
+from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
+from models.hyena.operator import HyenaOperator, long_conv
 from tests.conftest import jitter_, tiny_hyena_config
 
 LENGTHS = [1, 2, 3, 7, 16, 33, 65, 66, 67, 97, 130]
@@ -187,7 +187,7 @@ def test_fused_layer_norm_matches_the_hooked_path():
 # ---------------------------------------------------------------------- the filter's fast path
 @pytest.mark.parametrize("normalized, shift", [(False, 0.0), (True, 0.1)])
 def test_fast_filter_equals_safaris_module_path_with_gradients(normalized, shift):
-    from models.filters import HyenaFilter
+    from models.hyena.filters import HyenaFilter
 
     torch.manual_seed(0)
     f = HyenaFilter(12, 40, emb_dim=5, order=16, w=10.0, normalized=normalized, shift=shift,
@@ -205,7 +205,7 @@ def test_fast_filter_equals_safaris_module_path_with_gradients(normalized, shift
 
 
 def test_linear_sin_gradients_match_autograd():
-    from models.filters import linear_sin
+    from models.hyena.filters import linear_sin
 
     g = torch.Generator().manual_seed(0)
     args = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((7, 3), (4, 3), (4,), (4,))]
@@ -215,7 +215,7 @@ def test_linear_sin_gradients_match_autograd():
 
 @pytest.mark.parametrize("change", ["data", "in_place", "load_state_dict", "length"])
 def test_the_cached_window_follows_its_inputs(change):
-    from models.filters import ExponentialModulation, PositionalEmbedding
+    from models.hyena.filters import ExponentialModulation, PositionalEmbedding
 
     mod, pe = ExponentialModulation(6), PositionalEmbedding(3, 20)
     assert not mod.deltas.requires_grad  # modulation_lr = 0: δ is a buffer, the window is cached

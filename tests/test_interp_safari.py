@@ -39,9 +39,9 @@ def trajectory():
     import yaml
     from safetensors.torch import load_file
 
-    from models.lm import HyenaLM
-    from models.safari import load_state_dict
-    from models.synthetics import icl_dataset
+    from models.hyena.lm import HyenaLM
+    from models.safari.conversion import load_state_dict
+    from models.data.synthetics import icl_dataset
 
     cfg = yaml.safe_load((SAFARI / "config.yaml").read_text())
     data = icl_dataset("assoc_recall", 10, 64, 5000, 500, 0)
@@ -120,7 +120,7 @@ def fixture_run(tmp_path_factory):
     from analysis import analyze_run
     from interp.capture import capture_run
     from interp.run_metrics import probe_run
-    from models.safari_import import import_safari
+    from models.safari.run_import import import_safari
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("safari_run")

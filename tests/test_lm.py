@@ -5,8 +5,8 @@ import yaml
 from safetensors.torch import load_file
 
 from models import HyenaLM, build_model
-from models.hyena import long_conv
-from models.safari import load_state_dict
+from models.hyena.operator import long_conv
+from models.safari.conversion import load_state_dict
 from tests.conftest import jitter_, tiny_hyena_config
 
 TRAJ = "safari_ar_v10_l64_o2"

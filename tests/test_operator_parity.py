@@ -6,7 +6,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from models import HyenaOperator, UserError
-from models.io import decode_metadata
+from models.rundir.io import decode_metadata
 
 OPERATOR_FIXTURES = ["hyena_o2_d32_defaults", "hyena_o2_d24_w10_emb5_L50", "hyena_o3_d16_L40"]
 

@@ -7,7 +7,7 @@ import torch
 
 from interp.probe_set import make_probe_set
 from interp.probes import permuted_labels, probe_samples, probe_with_control, run_probes
-from models.synthetics import icl_dataset
+from models.data.synthetics import icl_dataset
 
 N, D, K, TYPES = 800, 24, 4, 8
 SKEW = (0.55, 0.25, 0.1, 0.1)  # an imbalanced label distribution: majority ≠ 1/K

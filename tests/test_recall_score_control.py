@@ -17,7 +17,7 @@ import torch
 
 from interp.capture import capture_run
 from interp.run_metrics import probe_run
-from models.train import train
+from models.training.loop import train
 
 OVERRIDES = ["seed=0", "checkpoints.every=150", "checkpoints.log_count=1", "checkpoints.adaptive=false"]
 

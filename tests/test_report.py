@@ -176,8 +176,8 @@ def write_model_files(run: Path, cfg: dict) -> None:
     from interp.capture import capture_model, step_file
     from interp.probe_set import make_probe_set
     from models import build_model, icl_dataset
-    from models.checkpoint import checkpoint_name, save_checkpoint, write_index
-    from models.io import atomic_save_tensors
+    from models.rundir.checkpoint import checkpoint_name, save_checkpoint, write_index
+    from models.rundir.io import atomic_save_tensors
 
     model = build_model(dict(cfg["model"]), seed=cfg["seed"])
     g = torch.Generator().manual_seed(cfg["seed"])

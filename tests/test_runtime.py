@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import resource, torch
-from models.runtime import malloc_tuned, tune_malloc
+from hyenalens.runtime import malloc_tuned, tune_malloc
 from models.build import build_model
 tuned = tune_malloc()
 assert tuned == malloc_tuned() and tune_malloc() == tuned  # idempotent
@@ -56,7 +56,7 @@ def test_tuned_malloc_reuses_cached_activation_memory():
 
 
 def test_opt_out_changes_nothing(monkeypatch):
-    import models.runtime as rt
+    import hyenalens.runtime as rt
 
     monkeypatch.setattr(rt, "_applied", None)
     monkeypatch.setenv("HYENALENS_MALLOC_TUNING", "0")

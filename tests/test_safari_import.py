@@ -5,8 +5,8 @@ import shutil
 import pytest
 
 from models.errors import UserError
-from models.io import read_jsonl
-from models.safari_import import import_safari
+from models.rundir.io import read_jsonl
+from models.safari.run_import import import_safari
 
 TRAJ = "safari_ar_v10_l64_o2"
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from models import HyenaLM, UserError
-from models.safari import lm_config_from_safari, load_state_dict
+from models.safari.conversion import lm_config_from_safari, load_state_dict
 
 TRAJ = "safari_ar_v10_l64_o2"
 

@@ -12,8 +12,8 @@ from interp.probe_set import probe_set_from_data
 from interp.swap import probe_task, swap_metrics, swap_plan, value_candidates, value_swap
 from models import build_model
 from models.errors import UserError
-from models.mqar import mqar_dataset
-from models.synthetics import icl_dataset
+from models.data.mqar import mqar_dataset
+from models.data.synthetics import icl_dataset
 from tests.conftest import jitter_, tiny_hyena_config
 
 BIG = 100.0

@@ -15,10 +15,10 @@ import pytest
 
 from hyenalens.cli import main
 from hyenalens.sweep import run_sweep
-from models.config_source import read_config_source
-from models.io import read_jsonl
-from models.sweep_spec import expand, load_sweep
-from models.train import train
+from models.config.source import read_config_source
+from models.rundir.io import read_jsonl
+from models.config.sweep import expand, load_sweep
+from models.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 # 48 steps: long enough that test accuracy leaves 0 (the untrained model never answers with a
@@ -244,7 +244,7 @@ def test_shipped_study_sweep_is_5_seeds_of_each_regime_for_ar_and_ih():
 
 
 def test_importing_the_sweep_code_pulls_no_ray_or_torch():
-    code = ("import sys, models, models.sweep_spec; a = [m for m in ('ray', 'torch') if m in sys.modules];"
+    code = ("import sys, models, models.config.sweep; a = [m for m in ('ray', 'torch') if m in sys.modules];"
             "import hyenalens.sweep; b = [m for m in ('ray',) if m in sys.modules]; print(','.join(a + b))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from models.errors import UserError
-from models.mqar import mqar_dataset
-from models.synthetics import (ICLData, Roles, _unique_split, icl_dataset,
+from models.data.mqar import mqar_dataset
+from models.data.synthetics import (ICLData, Roles, _unique_split, icl_dataset,
                                train_acc_all_ceiling)
-from models.vocab import decode, encode, icl_vocab
+from models.data.vocab import decode, encode, icl_vocab
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "data"
 FIXTURE_FILES = sorted(FIXTURES.glob("*.safetensors")) if FIXTURES.is_dir() else []

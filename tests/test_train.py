@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from models.errors import UserError
-from models.io import read_jsonl
-from models.rundir import RunLock
-from models.train import train
+from models.rundir.io import read_jsonl
+from models.rundir.layout import RunLock
+from models.training.loop import train
 
 CHANCE = 0.25  # AR vocab 10: a uniform guess over the 4 values
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from hyenalens.cli import main
-from models.io import read_jsonl
-from models.train import train
+from models.rundir.io import read_jsonl
+from models.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -126,7 +126,7 @@ _LM_NO_MATH = {"_name_", "residual_in_fp32", "initializer_cfg", "device", "dtype
 
 def lm_config_from_safari(model_config: dict[str, Any]):
     """`HyenaConfig` from the `model` section of a safari config (`_name_: lm_simple`)."""
-    from models.lm import HyenaConfig
+    from models.hyena.lm import HyenaConfig
 
     cfg = dict(model_config)
     name = cfg.pop("_name_", "lm_simple")

@@ -19,18 +19,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from models.batches import Batches, data_vocab_size, dropout_seed, generate
+from models.data.batches import Batches, data_vocab_size, dropout_seed, generate
 from models.build import build_model
-from models.checkpoint import (checkpoint_name, load_checkpoint, load_state, read_index, save_checkpoint,
+from models.rundir.checkpoint import (checkpoint_name, load_checkpoint, load_state, read_index, save_checkpoint,
                                save_state, state_name, write_index)
-from models.ckpt_schedule import CheckpointSchedule
-from models.config import (RunConfig, config_diff, config_hash, config_yaml, load_config, parse_yaml,
+from models.training.schedule import CheckpointSchedule
+from models.config.schema import (RunConfig, config_diff, config_hash, config_yaml, load_config, parse_yaml,
                            resolve_config, validate_config)
 from models.errors import UserError
-from models.evaluate import EvalSet, evaluate, make_eval_set
-from models.io import append_jsonl, atomic_write_json, atomic_write_text
-from models.optim import load_optimizer_tensors, lr_factor, make_optimizer, optimizer_tensors, set_lr
-from models.rundir import RUN_FORMAT, RunDir, data_provenance, git_revision, session_record, versions
+from models.training.evaluate import EvalSet, evaluate, make_eval_set
+from models.rundir.io import append_jsonl, atomic_write_json, atomic_write_text
+from models.training.optim import load_optimizer_tensors, lr_factor, make_optimizer, optimizer_tensors, set_lr
+from models.rundir.layout import RUN_FORMAT, RunDir, data_provenance, git_revision, session_record, versions
 
 
 @dataclass
@@ -254,7 +254,7 @@ def train(config: str | RunConfig | dict, out: str | Path, overrides: list[str] 
     if isinstance(config, RunConfig):
         cfg = config
     elif isinstance(config, dict):
-        from models.config import apply_overrides
+        from models.config.schema import apply_overrides
 
         cfg = validate_config(apply_overrides(config, list(overrides or [])))
     else:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.config import RunConfig
+from models.config.schema import RunConfig
 from models.errors import UserError
 
 IGNORE_INDEX = -100
@@ -37,12 +37,12 @@ def generate(cfg: RunConfig, seed: int, num_examples: int | None = None, num_tes
     try:
         if d.task == "mqar":
             try:
-                from models.mqar import mqar_dataset
+                from models.data.mqar import mqar_dataset
             except ImportError:  # before the split into models/mqar.py
-                from models.synthetics import mqar_dataset
+                from models.data.synthetics import mqar_dataset
             return mqar_dataset(d.vocab_size, d.input_seq_len, d.num_kv_pairs, n, m, seed,
                                 remove_overlap=d.remove_overlap)
-        from models.synthetics import icl_dataset
+        from models.data.synthetics import icl_dataset
 
         return icl_dataset(TASK_METHOD[d.task], d.vocab_size, d.input_seq_len, n, m, seed,
                            remove_overlap=d.remove_overlap)

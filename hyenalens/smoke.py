@@ -21,7 +21,7 @@ def _future_leak(model, tokens: torch.Tensor, i: int) -> float:
 
 
 def smoke(quiet: bool = False) -> int:
-    from models.synthetics import icl_dataset
+    from models.data.synthetics import icl_dataset
 
     data = icl_dataset("assoc_recall", 10, 16, 64, 16, seed=0)
     tokens = data.test_inputs[:8]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
-from models.io import read_jsonl, rewrite_jsonl
+from models.rundir.io import read_jsonl, rewrite_jsonl
 
 RUN_FORMAT = "hyenalens-run/1"
 
@@ -182,7 +182,7 @@ def hyenalens_version() -> str:
     v = _version("hyenalens")
     if v:
         return v
-    cfg = Path(__file__).resolve().parents[1] / "setup.cfg"
+    cfg = Path(__file__).resolve().parents[2] / "setup.cfg"
     try:
         for line in cfg.read_text().splitlines():
             if line.replace(" ", "").startswith("version="):
@@ -193,7 +193,7 @@ def hyenalens_version() -> str:
 
 
 def git_revision() -> dict[str, Any] | None:
-    where = Path(__file__).resolve().parents[1]
+    where = Path(__file__).resolve().parents[2]
     try:
         rev = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=5)

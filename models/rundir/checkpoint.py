@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.errors import UserError
-from models.io import atomic_save_tensors, atomic_write_json, load_tensors
+from models.rundir.io import atomic_save_tensors, atomic_write_json, load_tensors
 
 CHECKPOINT_FORMAT = "hyenalens-checkpoint/1"
 INDEX_FORMAT = "hyenalens-checkpoint-index/1"
@@ -46,7 +46,7 @@ def save_checkpoint(path: Path, model: nn.Module, *, step: int, epoch: float, ki
 def load_checkpoint(path: Path, model: nn.Module, *, kind: str, config_hash: str | None = None) -> dict[str, Any]:
     """Load weights into `model` after checking the file's kind, keys and shapes (and the
     config hash when given). Any mismatch is a one-line UserError."""
-    from models.safari import load_aligned
+    from models.safari.conversion import load_aligned
 
     tensors, meta = load_tensors(path)
     got_kind = meta.get("kind")

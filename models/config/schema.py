@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from models.config_source import apply_overrides, load_config, parse_yaml, preset_names, read_config_source  # noqa: F401
+from models.config.source import apply_overrides, load_config, parse_yaml, preset_names, read_config_source  # noqa: F401
 from models.errors import UserError
 
 TASKS = ("ar", "ih", "mqar")
@@ -181,7 +181,7 @@ def _section(name: str, cls, raw: Any):
 def _model_fields(kind: str) -> dict[str, Any]:
     """{key: (annotation, default)} of the model class for `kind`."""
     if kind == "hyena":
-        from models.lm import HyenaConfig as cls
+        from models.hyena.lm import HyenaConfig as cls
     else:
         from models.attention import AttentionConfig as cls
     out = {}

@@ -24,8 +24,8 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from models.hooks import hook_idle
-from models.hyena import HyenaOperator
+from models.hyena.hooks import hook_idle
+from models.hyena.operator import HyenaOperator
 
 
 @dataclass
@@ -184,7 +184,7 @@ class HyenaLM(HookedRootModule):
     # attention layout); both are cached here by our own rule instead.
     def get_caching_hooks(self, names_filter=None, incl_bwd=False, device=None,
                           remove_batch_dim=False, cache=None, pos_slice=None):
-        from models.hooks import split_caching_hooks
+        from models.hyena.hooks import split_caching_hooks
 
         return split_caching_hooks(
             super().get_caching_hooks, self.hook_dict, names_filter, incl_bwd, device,
@@ -195,8 +195,8 @@ class HyenaLM(HookedRootModule):
     def from_safari(cls, state_dict: dict[str, Tensor], model_config: dict[str, Any]) -> "HyenaLM":
         """Load a safari `SimpleLMHeadModel` state dict; `model_config` is the `model`
         section of safari's config. Keys are aligned with asserted shapes."""
-        from models.safari import lm_config_from_safari, lm_state_from_safari
-        from models.safari import load_aligned
+        from models.safari.conversion import lm_config_from_safari, lm_state_from_safari
+        from models.safari.conversion import load_aligned
 
         model = cls(lm_config_from_safari(model_config))
         load_aligned(model, lm_state_from_safari(state_dict), source="safari SimpleLMHeadModel")

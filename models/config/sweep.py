@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from models.config_source import parse_yaml, read_config_source
+from models.config.source import parse_yaml, read_config_source
 from models.errors import UserError
 
 SWEEP_FORMAT = "hyenalens-sweep/1"
@@ -66,7 +66,7 @@ def sweep_names() -> list[str]:
 def _sweeps_dir():
     from importlib.resources import files
 
-    return files("models") / "presets" / "sweeps"
+    return files("models.config") / "presets" / "sweeps"
 
 
 def load_sweep(name_or_path: str) -> SweepSpec:
@@ -236,7 +236,7 @@ def _fmt(v: Any) -> str:
 
 
 def _check_grid_keys(spec: SweepSpec) -> None:
-    from models.config import config_keys
+    from models.config.schema import config_keys
 
     kinds = {str((r.config.get("model") or {}).get("kind", "hyena")) for r in spec.regimes}
     known = {k: config_keys(k) for k in kinds}
@@ -258,7 +258,7 @@ def expand(spec: SweepSpec) -> list[Point]:
     """Every run of the sweep, in order regimes × grid × seeds, each config validated.
     Names: `<regime>[__<key>=<value>...]__s<seed>` (key: the last part of the dotted key,
     or all of it where two axes share that part)."""
-    from models.config import validate_config
+    from models.config.schema import validate_config
 
     if not spec.regimes or not spec.seeds:
         raise UserError("the sweep is empty (no regimes or no seeds); give at least one of each")

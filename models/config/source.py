@@ -62,7 +62,7 @@ def preset_names() -> list[str]:
 def _presets_dir():
     from importlib.resources import files
 
-    return files("models") / "presets"
+    return files("models.config") / "presets"
 
 
 def read_config_source(name_or_path: str) -> tuple[dict, str]:
@@ -118,7 +118,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_config(name_or_path: str, overrides: list[str] | None = None):
     """Read a preset or YAML file, apply dotted overrides, validate."""
-    from models.config import validate_config
+    from models.config.schema import validate_config
 
     raw, _ = read_config_source(name_or_path)
     return validate_config(apply_overrides(raw, list(overrides or [])))

@@ -1,6 +1,6 @@
 """Zoology's multi-query associative recall (MQAR), with token roles (science.md, "MQAR").
 
-Split from `models.synthetics`, whose return type, checks and overlap handling it shares.
+Split from `models.data.synthetics`, whose return type, checks and overlap handling it shares.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from models.errors import UserError
-from models.synthetics import ICLData, Roles, blank_roles, check_counts, check_int, finish_dataset
-from models.vocab import IGNORE_INDEX, mqar_vocab
+from models.data.synthetics import ICLData, Roles, blank_roles, check_counts, check_int, finish_dataset
+from models.data.vocab import IGNORE_INDEX, mqar_vocab
 
 
 def _mqar_roles(qpos: np.ndarray, length: int) -> Roles:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from models.config import CheckpointConfig
+from models.config.schema import CheckpointConfig
 
 WATCHED = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
 

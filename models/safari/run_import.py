@@ -18,14 +18,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from models.batches import generate
-from models.checkpoint import checkpoint_name, read_index, save_checkpoint, write_index
-from models.config import config_hash, config_yaml, parse_yaml, resolve_config, validate_config
+from models.data.batches import generate
+from models.rundir.checkpoint import checkpoint_name, read_index, save_checkpoint, write_index
+from models.config.schema import config_hash, config_yaml, parse_yaml, resolve_config, validate_config
 from models.errors import UserError
-from models.evaluate import evaluate, make_eval_set
-from models.io import atomic_write_json, atomic_write_text, rewrite_jsonl
-from models.rundir import RUN_FORMAT, RunDir, data_provenance, git_revision, versions
-from models.safari import lm_config_from_safari, load_state_dict
+from models.training.evaluate import evaluate, make_eval_set
+from models.rundir.io import atomic_write_json, atomic_write_text, rewrite_jsonl
+from models.rundir.layout import RUN_FORMAT, RunDir, data_provenance, git_revision, versions
+from models.safari.conversion import lm_config_from_safari, load_state_dict
 
 _TASKS = {"assoc_recall": "ar", "induction_head": "ih"}
 _STEP = re.compile(r"(?:^|[_=-])step[_=]?(\d+)")
@@ -78,7 +78,7 @@ def import_safari(safari_dir: str | Path, out: str | Path, *, trust_pickle: bool
                   quiet: bool = False) -> Path:
     """Write RUN_DIR from a safari run folder; returns RUN_DIR. Rerunning on a finished import
     with the same source is a no-op; any other existing RUN_DIR is refused."""
-    from models.lm import HyenaLM
+    from models.hyena.lm import HyenaLM
 
     src = Path(safari_dir)
     cfg_path = src / "config.yaml"

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from models.config import OptimizerConfig, ScheduleConfig
+from models.config.schema import OptimizerConfig, ScheduleConfig
 from models.errors import UserError
 
 NO_DECAY_NAME_PARTS = ("filter_fn", "pos_emb")  # pos_emb also matches pos_embed

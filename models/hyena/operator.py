@@ -26,9 +26,9 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from models.fftconv import circular_kernel, fft_conv, fft_size, short_conv
-from models.filter_cache import FilterCache
-from models.filters import HyenaFilter
+from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
+from models.hyena.filter_cache import FilterCache
+from models.hyena.filters import HyenaFilter
 
 
 def _sqrelu(x: Tensor) -> Tensor:
@@ -262,7 +262,7 @@ class HyenaOperator(nn.Module):
         Every kwarg that changes the math is honored; options HyenaLens does not implement
         are refused by name (never silently ignored). Keys and shapes are checked one by one.
         """
-        from models.safari import operator_kwargs_from_safari, load_aligned
+        from models.safari.conversion import operator_kwargs_from_safari, load_aligned
 
         op = cls(**operator_kwargs_from_safari(safari_kwargs))
         load_aligned(op, state_dict, source="safari HyenaOperator")
