@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.config.source import parse_yaml
 from models.errors import UserError
 from models.rundir.io import read_jsonl
+from models.rundir.layout import RunDir
 
 ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
 _CSV_REQUIRED = ("step", "metric", "layer", "value")
@@ -82,29 +82,21 @@ def curve_name(metric, layer="", hook="", role="", target="") -> str:
 def read_curves(run_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name → (steps, values) for the accuracy curves logged in metrics.jsonl (a resumed run's
     repeated step keeps its last record) and every metrics.csv curve."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass a run directory")
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise UserError(f"run directory {run.root} does not exist; pass a run directory")
     by_step = {}
-    for rec in _read_jsonl(run_dir / "metrics.jsonl"):
+    for rec in _read_jsonl(run.metrics):
         by_step[float(rec["step"])] = rec
     steps = np.array(sorted(by_step), dtype=float)
     curves = {}
     for name in ACC_CURVES:
         if any(name in by_step[s] for s in steps):
             curves[name] = (steps, np.array([_as_float(by_step[s].get(name)) for s in steps]))
-    csv = run_dir / "analysis" / "metrics.csv"
-    if csv.is_file():
+    if run.metrics_csv.is_file():
         # metrics.jsonl is the record of the accuracy curves; a same-named csv curve is dropped
-        curves.update({k: v for k, v in _read_csv(csv).items() if k not in curves})
+        curves.update({k: v for k, v in _read_csv(run.metrics_csv).items() if k not in curves})
     return curves
-
-
-def _read_yaml(path: Path):
-    cfg = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    if cfg is not None and not isinstance(cfg, dict):
-        raise UserError(f"{path}: expected a mapping of config keys; fix the file")
-    return cfg or {}
 
 
 def regime_name(kind: str, causal: bool, loss: str) -> str:
@@ -114,30 +106,40 @@ def regime_name(kind: str, causal: bool, loss: str) -> str:
     return base if kind == "hyena" else f"{kind}/{base}"
 
 
+def regime_of(config: dict, defaults: bool = False) -> str | None:
+    """The regime of a run config (a mapping, as config.yaml holds it): its own `regime` if
+    given, else `regime_name(model.kind, model.causal, loss)`. With `defaults`, a missing key
+    reads as hyena / causal / all; without, a config lacking one has no regime (None)."""
+    if isinstance(config.get("regime"), str):
+        return config["regime"]
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    kind, causal, loss = model.get("kind"), model.get("causal"), config.get("loss")
+    if defaults:
+        return regime_name(str(model.get("kind", "hyena")), bool(model.get("causal", True)),
+                           str(config.get("loss", "all")))
+    if isinstance(kind, str) and isinstance(causal, bool) and isinstance(loss, str) and loss:
+        return regime_name(kind, causal, loss)
+    return None
+
+
 def run_info(run_dir) -> dict:
     """Name, regime and seed of a run from its config.yaml (and run.json), where present."""
-    run_dir = Path(run_dir)
-    info = {"name": run_dir.resolve().name, "regime": None, "model_kind": None,
+    run = RunDir(run_dir)
+    info = {"name": run.root.resolve().name, "regime": None, "model_kind": None,
             "causal": None, "loss": None, "seed": None, "task": None, "config": False}
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        cfg = _read_yaml(cfg_path)
+    if run.is_run():
+        cfg = run.read_config()
         info["config"] = True
         model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
         loss = cfg.get("loss") if isinstance(cfg.get("loss"), str) else None
         seed = cfg.get("seed") if isinstance(cfg.get("seed"), int) else None
-        kind, causal = model.get("kind"), model.get("causal")
         data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
         task = data.get("task") if isinstance(data.get("task"), str) else None
-        info.update(model_kind=kind, causal=causal, loss=loss, seed=seed, task=task)
-        if isinstance(cfg.get("regime"), str):
-            info["regime"] = cfg["regime"]
-        elif isinstance(kind, str) and isinstance(causal, bool) and loss:
-            info["regime"] = regime_name(kind, causal, loss)
-    rj = run_dir / "run.json"
-    if info["seed"] is None and rj.is_file():
+        info.update(model_kind=model.get("kind"), causal=model.get("causal"), loss=loss, seed=seed, task=task,
+                    regime=regime_of(cfg))
+    if info["seed"] is None and run.run_json.is_file():
         try:
-            seed = json.loads(rj.read_text()).get("seed")
+            seed = json.loads(run.run_json.read_text()).get("seed")
         except (json.JSONDecodeError, AttributeError):
             seed = None  # provenance only: a bad run.json does not stop the analysis
         info["seed"] = seed if isinstance(seed, int) else None

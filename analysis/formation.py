@@ -25,9 +25,9 @@ Definitions (decisions, written down here):
 - the absolute ``min_rise`` of ``detect_transitions`` is 0.05 for accuracies, and
   0.05 · max(1, max |value|) for a metrics.csv curve (lags, lengths are not in [0, 1]).
 
-Regime (``analyze_group``): ``config.yaml``'s ``regime`` if given, else built from
-``model.kind``, ``model.causal`` and ``loss`` (or ``loss_on``; top level or under ``train``/
-``training``): ``causal/all``, ``noncausal/last``, ``attention/causal/all`` (kinds other than
+Regime (``analyze_group``): ``analysis.curves.regime_of`` of the run's ``config.yaml``
+(its ``regime`` if given, else built from ``model.kind``, ``model.causal`` and the top-level
+``loss``): ``causal/all``, ``noncausal/last``, ``attention/causal/all`` (kinds other than
 hyena prefix their name). Runs without those keys are grouped by run name, with a trailing
 seed tag (``_seed3``, ``-s3``) removed.
 """
@@ -42,14 +42,15 @@ import numpy as np
 
 from models.errors import UserError
 from models.rundir.io import atomic_write_json
+from models.rundir.layout import RunDir, is_stale
 
 from .bootstrap import bootstrap_ci
 from .curves import ACC_CURVES, curve_name, read_curves, run_info
 from .mechanism import mechanism_verdict
 from .transitions import DEFAULTS, detect_transitions
 
-__all__ = ["analyze_run", "analyze_group", "read_curves", "run_info", "curve_name",
-           "ACC_CURVES", "JUMP_CURVE", "SEED_CURVE"]
+__all__ = ["analyze_run", "analyze_group", "estimate", "claim_verdict", "read_curves", "run_info", "curve_name",
+           "ACC_CURVES", "JUMP_CURVE", "SEED_CURVE", "SAME_TIME_TOL"]
 
 JUMP_CURVE, SEED_CURVE = "test_acc_last", "train_acc_all"
 RECALL_CIRCUIT_CURVE = curve_name("recall_swap_selectivity", layer=-1)
@@ -91,8 +92,8 @@ def analyze_run(run_dir, *, write: bool = True) -> dict:
     """Transitions of every curve of one run and their lead/lag against the test-accuracy
     jump; written to ``RUN_DIR/analysis/formation.json`` (atomically) unless ``write=False``.
     Keys: transitions, jump, lead_lag, recall_circuit, seed_claim, steps_to_99_test_acc, curves, run, params."""
-    run_dir = Path(run_dir)
-    curves = read_curves(run_dir)
+    run = RunDir(run_dir)
+    curves = read_curves(run.root)
     transitions, meta = {}, {}
     for name, (steps, values) in curves.items():
         finite = values[np.isfinite(values)]
@@ -132,11 +133,10 @@ def analyze_run(run_dir, *, write: bool = True) -> dict:
     result = {"transitions": transitions, "jump": jump, "lead_lag": lead_lag,
               "recall_circuit": _recall_circuit(curves, transitions, lead_lag, jump),
               "seed_claim": seed, "steps_to_99_test_acc": reached, "curves": meta,
-              "run": run_info(run_dir), "params": dict(DEFAULTS)}
-    csv = run_dir / "analysis" / "metrics.csv"
-    result["mechanism"] = mechanism_verdict(csv) if csv.is_file() else None
+              "run": run_info(run.root), "params": dict(DEFAULTS)}
+    result["mechanism"] = mechanism_verdict(run.metrics_csv) if run.metrics_csv.is_file() else None
     if write:
-        atomic_write_json(run_dir / "analysis" / "formation.json", _json_safe(result))
+        atomic_write_json(run.formation, _json_safe(result))
     return result
 
 
@@ -159,9 +159,15 @@ def claim_verdict(lo: float | None, hi: float | None, tol: float) -> str:
     return "undetermined"
 
 
+def estimate(values, confidence: float = 0.95) -> dict:
+    """The one estimate over runs of every per-group number (here and in the report): the mean
+    with its bootstrap CI, as a dict {"value", "lo", "hi", "n", "method", "confidence", "note"}."""
+    return bootstrap_ci(values, confidence=confidence).to_dict()
+
+
 def _summarize(results: list[dict], confidence: float, tol: float) -> dict:
     def est(values):
-        return bootstrap_ci(values, confidence=confidence).to_dict()
+        return estimate(values, confidence)
 
     jumps = [r["jump"]["midpoint"] for r in results if r["jump"]]
     seeds = [r["seed_claim"] for r in results]
@@ -234,16 +240,13 @@ def analyze_group(run_dirs, *, out_path=None, group_by: str = "regime",
 
 
 def _fresh_formation(run_dir: Path) -> dict | None:
-    """The run's formation.json when it is up to date with its inputs, else None."""
-    path = run_dir / "analysis" / "formation.json"
-    inputs = [run_dir / "metrics.jsonl", run_dir / "analysis" / "metrics.csv", run_dir / "config.yaml"]
-    if not path.is_file():
-        return None
-    stamp = path.stat().st_mtime_ns
-    if any(p.is_file() and p.stat().st_mtime_ns > stamp for p in inputs):
+    """The run's formation.json when it is up to date with its inputs (RunDir's staleness
+    rule) and was written with these parameters, else None."""
+    run = RunDir(run_dir)
+    if is_stale(run.formation, (run.metrics, run.metrics_csv, run.config)):
         return None
     try:
-        res = json.loads(path.read_text(encoding="utf-8"))
+        res = json.loads(run.formation.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(res, dict) or res.get("params") != dict(DEFAULTS) or "recall_circuit" not in res:

@@ -43,7 +43,7 @@ def describe(device: str) -> str:
                  f"{torch.get_num_threads()} torch thread(s)")
     from hyenalens.runtime import malloc_tuned
 
-    parts.append("glibc malloc thresholds raised (models/runtime.py)" if malloc_tuned() else "system malloc")
+    parts.append("glibc malloc thresholds raised (hyenalens/runtime.py)" if malloc_tuned() else "system malloc")
     return "; ".join(parts)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from models.errors import UserError
 from hyenalens.runtime import tune_malloc
+from models.errors import UserError
+from models.rundir.discover import discover_runs
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
@@ -114,7 +115,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from analysis import analyze_group, analyze_run
-    from reports.rundata import discover_runs
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "sweep.json").is_file():
         from hyenalens.sweep import analyze_sweep

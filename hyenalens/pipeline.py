@@ -18,7 +18,13 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from analysis import analyze_group, analyze_run
+from hyenalens.runtime import tune_malloc
+from interp.capture import capture_run
+from interp.run_metrics import probe_run
 from models.errors import UserError
+from models.training.loop import train
+from reports import write_report
 
 # what `hyenalens demo` trains: three Hyena regimes x seeds, plus attention
 DEMO_HYENA = ("quick_ar_causal_all", "quick_ar_causal_last", "quick_ar_noncausal_last")
@@ -37,7 +43,6 @@ def worker_init(threads: int = 1) -> None:
     """Each worker process trains with a fixed torch thread count (1: bit-identical reruns)."""
     import torch
 
-    from hyenalens.runtime import tune_malloc
 
     torch.set_num_threads(threads)
     tune_malloc()
@@ -45,11 +50,6 @@ def worker_init(threads: int = 1) -> None:
 
 def run_job(job: Job) -> dict[str, Any]:
     """Train (or resume) one run, then capture, probe and analyze it. Returns timings."""
-    from analysis import analyze_run
-    from interp.capture import capture_run
-    from interp.run_metrics import probe_run
-    from models.training.loop import train
-
     times = {}
     t = time.perf_counter()
     result = train(job.config, job.out, [f"seed={job.seed}", *job.overrides], quiet=True)
@@ -115,9 +115,6 @@ def demo(out: str | Path = "hyenalens-demo", seeds: int = 3, attention_seeds: in
          quiet: bool = False, overrides: tuple[str, ...] = (), hyena: tuple[str, ...] = DEMO_HYENA,
          attention: tuple[str, ...] = DEMO_ATTENTION) -> dict[str, Any]:
     """`hyenalens demo`: train, capture, probe, analyze, report; print a five-line summary."""
-    from analysis import analyze_group
-    from reports import write_report
-
     if seeds < 1 or attention_seeds < 0:
         raise UserError("--seeds must be >= 1 and --attention-seeds >= 0")
     out = Path(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from models.build import build_model
+from models.data.synthetics import icl_dataset
 
 
 def _future_leak(model, tokens: torch.Tensor, i: int) -> float:
@@ -21,8 +22,6 @@ def _future_leak(model, tokens: torch.Tensor, i: int) -> float:
 
 
 def smoke(quiet: bool = False) -> int:
-    from models.data.synthetics import icl_dataset
-
     data = icl_dataset("assoc_recall", 10, 16, 64, 16, seed=0)
     tokens = data.test_inputs[:8]
     L = tokens.shape[1]

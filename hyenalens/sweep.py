@@ -3,10 +3,11 @@
     SWEEP_DIR/sweep.json                    the expanded sweep; a rerun must expand to the same points
     SWEEP_DIR/runs/<point>/                 one run directory each: train → capture → probe → analyze
     SWEEP_DIR/status/<point>.json           written when a run's pipeline finished: timings and the
-                                            stamps (mtime, size) of the run's files at that moment
+                                            stamps (mtime, size) of the run's main files then
     SWEEP_DIR/analysis/formation_group.json analyze_group per sweep group (point name minus the seed)
 
-A point whose status stamps still match its files is done and not touched again; any other
+A point whose status record is not stale (RunDir's rule: none of the run's main files changed
+after it) and whose config digest matches is done and not touched again; any other
 point goes through `pipeline.run_job`, whose stages all resume (training from its latest
 checkpoint). Backends: a spawn process pool (local, the default; one torch thread per worker)
 or Ray tasks (`pip install 'hyenalens[ray]'`; imported only when asked for). A run that fails
@@ -29,11 +30,11 @@ from tqdm import tqdm
 from hyenalens.pipeline import Job, run_job, run_jobs, worker_init
 from models.errors import UserError
 from models.rundir.io import atomic_write_json
+from models.rundir.layout import RunDir, is_stale
 from models.config.sweep import SWEEP_FORMAT, Point, expand, load_sweep, sweep_record
+from analysis import analyze_group
 
 BACKENDS = ("local", "ray")
-STAMPED = ("config.yaml", "metrics.jsonl", "checkpoints/index.json", "analysis/metrics.csv",
-           "analysis/formation.json")
 RAY_HINT = "install it with pip install 'hyenalens[ray]'"
 
 
@@ -77,24 +78,31 @@ def _digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _stamps(run: Path) -> dict[str, list[int]]:
+def _stamped(run: RunDir) -> tuple[Path, ...]:
+    """The run's main files, which a status record stamps: the pipeline's outputs."""
+    return (run.config, run.metrics, run.index, run.metrics_csv, run.formation)
+
+
+def _stamps(run: RunDir) -> dict[str, list[int]]:
     out = {}
-    for rel in STAMPED:
+    for p in _stamped(run):
         with contextlib.suppress(OSError):
-            st = (run / rel).stat()
-            out[rel] = [st.st_mtime_ns, st.st_size]
+            st = p.stat()
+            out[p.relative_to(run.root).as_posix()] = [st.st_mtime_ns, st.st_size]
     return out
 
 
 def _done(out: Path, point: Point) -> dict[str, Any] | None:
-    """The status record of a finished point whose files are unchanged since, else None."""
+    """The status record of a finished point whose files all exist and none changed after
+    the record was written (RunDir's staleness rule), else None."""
+    status = out / "status" / f"{point.name}.json"
     try:
-        rec = json.loads((out / "status" / f"{point.name}.json").read_text(encoding="utf-8"))
+        rec = json.loads(status.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    stamps = _stamps(out / "runs" / point.name)
+    files = _stamped(RunDir(out / "runs" / point.name))
     ok = (isinstance(rec, dict) and rec.get("config_digest") == _digest(point.config)
-          and len(stamps) == len(STAMPED) and rec.get("stamps") == stamps)
+          and all(p.is_file() for p in files) and not is_stale(status, files))
     return rec if ok else None
 
 
@@ -193,7 +201,7 @@ def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: s
         point = by_out[res["run"]]
         res = {**res, "name": point.name, "group": point.group}
         if "error" not in res and res.get("finished"):
-            run = out / "runs" / point.name
+            run = RunDir(out / "runs" / point.name)
             atomic_write_json(out / "status" / f"{point.name}.json",
                               {"config_digest": _digest(point.config), "stamps": _stamps(run), **res})
         results.append(res)
@@ -219,22 +227,19 @@ def analyze_sweep(sweep_dir: str | Path, out_path: str | Path | None = None, *,
                   reuse_group: bool = False) -> dict[str, Any]:
     """analyze_group per sweep group (the runs of one point over its seeds), written to
     SWEEP_DIR/analysis/formation_group.json in analyze_group's layout ("groups": {...}).
-    With `reuse_group`, an existing file newer than every status record is read instead."""
-    from analysis import analyze_group
-
+    With `reuse_group`, an existing file that is not stale against the status records
+    (RunDir's rule) is read instead."""
     sweep_dir = Path(sweep_dir)
     record = read_record(sweep_dir)
     if record is None:
         raise UserError(f"{sweep_dir} has no sweep.json; it is not a sweep directory (run hyenalens sweep)")
     path = Path(out_path) if out_path else sweep_dir / "analysis" / "formation_group.json"
-    if reuse_group and path.is_file():
-        stamps = [p.stat().st_mtime_ns for p in (sweep_dir / "status").glob("*.json")]
-        if path.stat().st_mtime_ns >= max(stamps, default=0):
-            with contextlib.suppress(OSError, ValueError):
-                return json.loads(path.read_text(encoding="utf-8"))
+    if reuse_group and not is_stale(path, (sweep_dir / "status").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(path.read_text(encoding="utf-8"))
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in record["points"]:
-        if (sweep_dir / "runs" / p["name"] / "metrics.jsonl").is_file():
+        if RunDir(sweep_dir / "runs" / p["name"]).evaluated():
             groups.setdefault(p["group"], []).append(p)
     if not groups:
         raise UserError(f"no run of {sweep_dir} has been trained yet; run hyenalens sweep first")

@@ -15,3 +15,16 @@ from interp.swap import ValueSwap, probe_task, swap_metrics, value_candidates, v
 from interp.sources import SourceTerms, logit_diff_readout, source_terms
 from interp.decompose import pair_footprint, source_example, source_patch_rows, source_rows
 from interp.run_metrics import MetricOptions, evaluate_model, probe_run
+
+__all__ = [
+    "LayerFilters", "MetricOptions", "ProbeSet", "SourceTerms", "ValueSwap",
+    "attribution_metrics", "attribution_shares", "capture_model", "capture_run", "effective_length",
+    "evaluate_model", "filter_metrics", "filters_from_cache", "fit_probe", "implicit_attention",
+    "induction_score", "integrated_gradients", "lag1_mass", "lag_profile", "layer_filters",
+    "logit_diff_readout", "make_probe_set", "map_for_scores", "map_scores", "model_filters",
+    "pair_footprint", "patch_recovery", "permuted_labels", "position_groups", "prev_token_score",
+    "probe_run", "probe_set_from_data", "probe_task", "probe_with_control", "query_mass",
+    "recall_score_keys", "recall_score_values", "row_normalize", "run_probes", "source_example",
+    "source_patch_rows", "source_rows", "source_terms", "spectrum", "swap_metrics",
+    "value_candidates", "value_swap",
+]

@@ -25,6 +25,11 @@ key/value roles) is marked invalid in `slot_valid` (its position is 0). Paramete
 (`*.mixer.hook_filter`, `hook_filter_rev`: [N−1, d, L], no batch axis) are stored whole, and
 attention patterns (`*.attn.hook_pattern`, `hook_attn_scores`: [b, heads, L, L]) as their query
 row [n, heads, L] (every source position of the query).
+
+The report's figures read what capture stores, never a checkpoint: besides the filters, each
+capture file holds the maps figure 4 draws for one annotated example (`example_maps`: probe-set
+row `example_row`, per layer). A capture file written before the maps were stored gets them
+added on the next `capture_run`, without recapturing the rest.
 """
 from __future__ import annotations
 
@@ -35,9 +40,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from models.build import is_hyena
+from models.build import model_kind
 from models.errors import UserError
-from models.rundir.io import decode_metadata
+from models.hyena.hooks import default_capture_hooks
+from models.rundir.io import atomic_save_tensors, load_tensors
+from models.rundir.layout import RunDir, capture_map_key
+from models.rundir.run import load_checkpoint_model, run_test_split
+from interp.implicit_attention import implicit_attention
 from interp.probe_set import (CAPTURE_VERSION, DEFAULT_N_CIRCUIT, DEFAULT_N_PROBE, DEFAULT_PROBE_SEED,
                               SLOTS, ProbeSet, make_probe_set)
 
@@ -54,21 +63,9 @@ def n_layers_of(model: nn.Module) -> int:
 def default_hooks(model: nn.Module) -> list[str]:
     """Residual streams (blocks.0.hook_resid_pre, every block's hook_resid_mid and
     hook_resid_post); Hyena: every mixer's gates, v, y and filters; attention: hook_pattern
-    (stored as its query row)."""
-    names = set(model.hook_dict)
-    out = ["blocks.0.hook_resid_pre"]
-    for l in range(n_layers_of(model)):
-        b = f"blocks.{l}."
-        out += [b + "hook_resid_mid", b + "hook_resid_post"]
-        if is_hyena(model):
-            op = model.blocks[l].mixer
-            out += [b + f"mixer.hook_gate_{i}" for i in range(op.order)]
-            out += [b + "mixer.hook_v", b + "mixer.hook_y", b + "mixer.hook_filter"]
-            if not op.causal:
-                out.append(b + "mixer.hook_filter_rev")
-        else:
-            out.append(b + "attn.hook_pattern")
-    return [n for n in out if n in names]
+    (stored as its query row). The hook table (models/hyena/hooks.py `HOOKS`, its `capture`
+    column) decides."""
+    return default_capture_hooks(model)
 
 
 def resolve_hooks(model: nn.Module, extra: Iterable[str] | None = None) -> list[str]:
@@ -146,15 +143,30 @@ def capture_model(
     return out
 
 
+# ====================================================================== the report's example
+def example_row(ps: ProbeSet) -> int:
+    """The probe-set row whose maps the report draws: the first circuit row."""
+    return int(ps.circuit_idx[0]) if len(ps.circuit_idx) else 0
+
+
+def example_maps(model: nn.Module, ps: ProbeSet) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Figure 4's maps of probe-set row `example_row(ps)`: per layer l, under
+    `capture_map_key(l)`, the token-level implicit attention, channel mean |H|, rows normalized
+    (attention: the head-mean pattern), [L, L] float32. Metadata: {"row", "roles": {role:
+    [positions]} (query: the row's query position), "layers"}."""
+    row = example_row(ps)
+    tokens = ps.inputs[row:row + 1].to(next(model.parameters()).device)  # [1, L]
+    maps = {}
+    with torch.no_grad():
+        for l in range(n_layers_of(model)):
+            m = implicit_attention(model, tokens, l, level="token", aggregate="mean_abs", normalize_rows=True)
+            maps[capture_map_key(l)] = m[0].abs().float().cpu()  # [1, L, L] → [L, L]
+    roles = {k: torch.nonzero(v[row]).flatten().tolist() for k, v in ps.roles.items()}
+    roles["query"] = [int(ps.qpos[row])]
+    return maps, {"row": row, "roles": roles, "layers": n_layers_of(model)}
+
+
 # ====================================================================== a run
-def capture_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "capture"
-
-
-def step_file(run_dir: str | Path, step: int) -> Path:
-    return capture_dir(run_dir) / f"step_{int(step):08d}.safetensors"
-
-
 def load_or_make_probe_set(
     run_dir: str | Path,
     cfg: Any | None = None,
@@ -166,9 +178,8 @@ def load_or_make_probe_set(
 
     Once stored it is the run's probe set for good: asking for a different size or seed is
     refused (delete RUN_DIR/capture to start over)."""
-    from interp.run_io import read_run_config, run_test_split
-
-    path = capture_dir(run_dir) / "probe_set.safetensors"
+    run = RunDir(run_dir)
+    path = run.probe_set
     if path.is_file():
         ps = ProbeSet.load(path)
         for key, want in (("n_probe", n_probe), ("probe_seed", seed)):
@@ -176,9 +187,9 @@ def load_or_make_probe_set(
             if want is not None and have is not None and int(want) != int(have) and not (
                 key == "n_probe" and int(want) > int(have) == int(ps.meta.get("n_split", -1))
             ):
-                raise UserError(f"{path} was drawn with {key}={have}, not {want}; delete {capture_dir(run_dir)} to draw a new probe set")
+                raise UserError(f"{path} was drawn with {key}={have}, not {want}; delete {run.capture} to draw a new probe set")
         return ps
-    cfg = read_run_config(run_dir) if cfg is None else cfg
+    cfg = run.run_config() if cfg is None else cfg
     inputs, targets, roles = run_test_split(cfg)
     ps = make_probe_set(
         inputs, targets, roles,
@@ -189,20 +200,6 @@ def load_or_make_probe_set(
     )
     ps.save(path)
     return ProbeSet.load(path)  # the stored form (and its digest) is the reference
-
-
-def read_step_meta(path: Path) -> dict[str, Any] | None:
-    """Metadata of a capture file, or None when it is missing or unreadable."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception:
-        return None
-    return decode_metadata(raw)
 
 
 def capture_run(
@@ -217,66 +214,55 @@ def capture_run(
     dtype: torch.dtype = torch.float16,
 ) -> dict[str, Any]:
     """Capture every checkpoint of a run (see the module doc); already captured ones are
-    skipped. `hooks` are added to the defaults. Returns {"captured": [steps], "skipped":
-    [steps], "probe_set": path}."""
+    skipped, and one captured before the report's maps were stored only gets them added.
+    `hooks` are added to the defaults. Returns {"captured": [steps] (maps added included),
+    "skipped": [steps], "maps_added": [steps], "probe_set": path}."""
     from tqdm.auto import tqdm
 
-    from interp.run_io import list_checkpoints, load_checkpoint_model, read_run_config
-    from models.build import model_kind
-    from models.rundir.io import atomic_save_tensors
-
-    run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
-    ps = load_or_make_probe_set(run_dir, cfg, n_probe, n_circuit, seed)
+    run = RunDir(run_dir)
+    cfg = run.run_config()
+    ps = load_or_make_probe_set(run.root, cfg, n_probe, n_circuit, seed)
     digest = ps.digest()
-    ckpts = list_checkpoints(run_dir)
+    ckpts = run.list_checkpoints()
     if steps is not None:
         wanted = {int(s) for s in steps}
         ckpts = [(s, p) for s, p in ckpts if s in wanted]
     if not ckpts:
-        raise UserError(f"{run_dir} has no checkpoints to capture yet")
+        raise UserError(f"{run.root} has no checkpoints to capture yet")
     extra = set(hooks or ())
-    todo, skipped = [], []
-    for step, path in ckpts:
-        meta = read_step_meta(step_file(run_dir, step))
-        if (meta and meta.get("probe_set") == digest and meta.get("version") == CAPTURE_VERSION
+    todo, fill, skipped = [], [], []
+    for step, _ in ckpts:
+        meta = run.capture_meta(step)
+        if not (meta and meta.get("probe_set") == digest and meta.get("version") == CAPTURE_VERSION
                 and extra <= set(meta.get("hooks", []))):
-            skipped.append(step)
+            todo.append(step)
+        elif "maps" not in meta:
+            fill.append(step)  # captured before the report's maps were stored
         else:
-            todo.append((step, path))
+            skipped.append(step)
     done = []
-    bar = tqdm(todo, desc=f"capture {run_dir.name}", unit="ckpt", disable=not progress or not todo)
-    for step, _ in bar:
+    work = sorted(todo + fill)
+    bar = tqdm(work, desc=f"capture {run.root.name}", unit="ckpt", disable=not progress or not work)
+    for step in bar:
         bar.set_postfix(step=step)
-        model = load_checkpoint_model(run_dir, step, cfg)
-        names = resolve_hooks(model, hooks)
-        tensors = capture_model(model, ps, names, batch_size=batch_size, dtype=dtype)
-        meta = {
-            "step": int(step), "probe_set": digest, "hooks": names, "kind": model_kind(model),
-            "layout": {h: layout_of(h) for h in names}, "slots": list(SLOTS),
-            "version": CAPTURE_VERSION, "dtype": str(dtype).replace("torch.", ""),
-        }
-        atomic_save_tensors(step_file(run_dir, step), tensors, meta)
+        model = load_checkpoint_model(run.root, step, cfg)
+        maps, maps_meta = example_maps(model, ps)
+        if step in fill:
+            tensors, meta = load_tensors(run.capture_file(step))
+        else:
+            names = resolve_hooks(model, hooks)
+            tensors = capture_model(model, ps, names, batch_size=batch_size, dtype=dtype)
+            meta = {
+                "step": int(step), "probe_set": digest, "hooks": names, "kind": model_kind(model),
+                "layout": {h: layout_of(h) for h in names}, "slots": list(SLOTS),
+                "version": CAPTURE_VERSION, "dtype": str(dtype).replace("torch.", ""),
+            }
+        atomic_save_tensors(run.capture_file(step), {**tensors, **maps}, {**meta, "maps": maps_meta})
         done.append(step)
         del model, tensors
-    return {"captured": done, "skipped": skipped, "probe_set": str(capture_dir(run_dir) / "probe_set.safetensors")}
+    return {"captured": done, "skipped": skipped, "maps_added": fill, "probe_set": str(run.probe_set)}
 
 
 def load_step(run_dir: str | Path, step: int) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """A capture file's tensors and metadata."""
-    from models.rundir.io import load_tensors
-
-    return load_tensors(step_file(run_dir, step))
-
-
-def captured_steps(run_dir: str | Path) -> list[int]:
-    d = capture_dir(run_dir)
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.glob("step_*.safetensors"):
-        try:
-            out.append(int(p.name[5:-12]))
-        except ValueError:
-            continue
-    return sorted(out)
+    return load_tensors(RunDir(run_dir).capture_file(step))

@@ -77,10 +77,8 @@ def conv_window(model: nn.Module, layer: int) -> tuple[int, int]:
     layer = check_layer(model, layer)
     if not is_hyena(model):
         return 1, 0
-    conv = model.blocks[layer].mixer.short_filter
-    if conv.dilation[0] != 1 or conv.stride[0] != 1:
-        raise UserError("the short conv must have stride 1 and dilation 1 for pair footprints")
-    return int(conv.kernel_size[0]), int(conv.padding[0])
+    layout = model.blocks[layer].mixer.layout()  # refuses a strided or dilated short conv
+    return layout.kernel, layout.pad
 
 
 def pair_footprint(

@@ -35,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from models.errors import UserError
+from models.hyena.lm import HyenaLM
 
 __all__ = [
     "LayerFilters",
@@ -70,8 +71,6 @@ class LayerFilters:
 
 def layer_filters(model: nn.Module, layer: int, L: int | None = None) -> LayerFilters:
     """Materialize layer `layer`'s filters for length L (default: the model's l_max)."""
-    from models.hyena.lm import HyenaLM
-
     if not isinstance(model, HyenaLM):
         raise UserError("filters exist only for Hyena models (HyenaLM)")
     n = len(model.blocks)

@@ -178,12 +178,8 @@ def hyena_operands(model: nn.Module, tokens: Int[Tensor, "b L"], layer: int) -> 
         _, cache = model.run_with_cache(tokens.to(device), names_filter=names)
         f64 = torch.float64
         chan = lambda t: t.detach().to(f64).transpose(-1, -2).contiguous()  # [b, L, d] → [b, d, L]
-        conv = op.short_filter
-        if conv.dilation[0] != 1 or conv.stride[0] != 1:
-            raise UserError("the short conv must have stride 1 and dilation 1")
-        k = conv.kernel_size[0]
-        w = conv.weight.detach()[N * d:, 0, :].to(f64)  # v's taps [d, k]
-        b = conv.bias.detach()[N * d:].to(f64) if conv.bias is not None else torch.zeros(d, dtype=f64, device=device)
+        layout = op.layout()  # refuses a strided or dilated short conv
+        w, b = op.short_taps("v")  # v's taps [d, k] and bias [d]
         v_hook = cache[pre + "hook_v"]
         return HyenaLayerOperands(
             gates=[chan(cache[pre + f"hook_gate_{i}"]) for i in range(N)],
@@ -192,10 +188,10 @@ def hyena_operands(model: nn.Module, tokens: Int[Tensor, "b L"], layer: int) -> 
             h=cache[pre + "hook_filter"].detach().to(f64),
             h_rev=None if op.causal else cache[pre + "hook_filter_rev"].detach().to(f64),
             D=op.skip_bias().detach().to(f64).reshape(N - 1, d),
-            short_w=w.reshape(d, k),
-            short_b=b,
-            short_pad=int(conv.padding[0]),
-            v_in=chan(cache[pre + "hook_in_proj"][..., N * d:]),
+            short_w=w.detach().to(f64),
+            short_b=b.detach().to(f64),
+            short_pad=layout.pad,
+            v_in=chan(cache[pre + "hook_in_proj"][..., layout.block("v")]),  # v's block [b, L, d] → [b, d, L]
             out_norm=op.out_proj.weight.detach().to(f64).norm(dim=0),
             out_dtype=v_hook.dtype,
         )

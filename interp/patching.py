@@ -41,6 +41,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
+from interp.capture import n_layers_of
+from models.build import is_hyena
 
 POSITION_GROUPS = ("query", "match_key", "match_value", "other", "all", "none")
 # hooks that carry the whole state the rest of the forward depends on
@@ -66,9 +68,6 @@ def default_patch_hooks(model: nn.Module) -> list[str]:
     """Per block: hook_resid_pre, the mixer's output (Hyena `hook_mixer_out`, attention
     `hook_attn_out`), hook_resid_mid (Hyena only, see below), hook_mlp_out; Hyena also its
     gates and v; and the last block's hook_resid_post."""
-    from interp.capture import n_layers_of
-    from models.build import is_hyena
-
     names = set(model.hook_dict)
     n = n_layers_of(model)
     out = []
@@ -121,7 +120,6 @@ def patch_recovery(
     for h in hooks:
         if h not in model.hook_dict:
             raise ValueError(f"the model has no hook {h!r}")
-    from models.build import is_hyena
 
     hyena = is_hyena(model)
     masks = position_groups(c)

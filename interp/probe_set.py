@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from models.errors import UserError
+from models.rundir.io import atomic_save_tensors
+from models.rundir.io import load_tensors
 
 SLOTS: tuple[str, ...] = ("query", "match_key", "match_value", "key", "key", "value", "value")
 ROLE_NAMES: tuple[str, ...] = ("key", "value", "query", "match_key", "match_value", "trigger", "copy", "recallable")
@@ -96,15 +98,11 @@ class ProbeSet:
             raise UserError(f"probe set lacks tensor {e}; delete RUN_DIR/capture and rerun `hyenalens capture`") from None
 
     def save(self, path: str | Path) -> None:
-        from models.rundir.io import atomic_save_tensors
-
         meta = dict(self.meta, slots=list(SLOTS), digest=self.digest(), version=CAPTURE_VERSION)
         atomic_save_tensors(path, self.to_tensors(), meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "ProbeSet":
-        from models.rundir.io import load_tensors
-
         t, meta = load_tensors(path)
         return cls.from_tensors(t, meta)
 

@@ -65,9 +65,21 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from models.build import is_hyena
+from models.data.vocab import icl_vocab, mqar_vocab
 from models.errors import UserError
+from models.rundir.io import atomic_write_json, atomic_write_text
+from models.rundir.layout import RunDir
+from models.rundir.run import load_checkpoint_model, random_init_model
 
+from interp.attribution import attribution_metrics
+from interp.capture import capture_model, default_hooks, load_step, n_layers_of
 from interp.decompose import source_example, source_metrics
+from interp.filters import LayerFilters, filter_metrics, model_filters
+from interp.patching import patch_recovery
+from interp.probe_set import CAPTURE_VERSION, ProbeSet
+from interp.probes import probe_hooks, run_probes
+from interp.scores import map_for_scores, map_scores
 from interp.sources import projectable
 from interp.swap import probe_task, probe_vocab_size, swap_metrics, value_candidates, value_swap
 
@@ -114,9 +126,6 @@ def evaluate_model(
     """Every metric on one model over a `ProbeSet` (interp.capture). `acts` are the captured
     activations (capture_model's output); when None they are captured here, in memory.
     Rows carry no `step` (the caller adds it). `timings` collects seconds per part."""
-    from interp.capture import capture_model, default_hooks, n_layers_of
-    from models.build import is_hyena
-
     opt = options or MetricOptions()
     t = timings if timings is not None else {}
     was_training = model.training
@@ -139,8 +148,6 @@ def evaluate_model(
             rows.append(dict(metric="answer_acc", layer=-1, value=float(acc.mean()), n=ps.n,
                              ci=1.96 * float(acc.std()) / math.sqrt(ps.n)))
         if opt.probes:
-            from interp.probes import probe_hooks, run_probes
-
             rows += run_probes(acts, ps, probe_hooks(acts, n_layers))
             t0 = tick("probes", t0)
         if opt.filters and is_hyena(model):
@@ -151,15 +158,11 @@ def evaluate_model(
             rows += _score_rows(model, circuit, n_layers, opt.n_scores)
             t0 = tick("scores", t0)
         if opt.attribution:
-            from interp.attribution import attribution_metrics
-
             k = min(opt.n_attr, len(circuit["inputs"]))
             sub = {key: v[:k] for key, v in circuit.items()}
             rows += attribution_metrics(model, sub, n_steps=opt.ig_steps)
             t0 = tick("attribution", t0)
         if opt.patching:
-            from interp.patching import patch_recovery
-
             k = min(opt.n_patch, len(circuit["inputs"]))
             sub = {key: v[:k] for key, v in circuit.items()}
             rows += patch_recovery(model, sub, opt.patch_hooks, skip_identical=opt.skip_identical)
@@ -182,8 +185,6 @@ def evaluate_model(
 
 
 def _filter_rows(acts: dict[str, Tensor], model: nn.Module, n_layers: int, L: int) -> list[dict[str, Any]]:
-    from interp.filters import LayerFilters, filter_metrics, model_filters
-
     per_layer = []
     for l in range(n_layers):
         pre = f"blocks.{l}.mixer."
@@ -203,8 +204,6 @@ def _filter_rows(acts: dict[str, Tensor], model: nn.Module, n_layers: int, L: in
 
 
 def _score_rows(model: nn.Module, circuit: dict[str, Tensor], n_layers: int, n: int) -> list[dict[str, Any]]:
-    from interp.scores import map_for_scores, map_scores
-
     k = min(n, len(circuit["inputs"]))
     tokens = circuit["inputs"][:k]
     m, L = tokens.shape
@@ -221,14 +220,6 @@ def _score_rows(model: nn.Module, circuit: dict[str, Tensor], n_layers: int, n: 
 
 
 # ====================================================================== a run
-def parts_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "analysis" / "metrics_parts"
-
-
-def metrics_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "analysis" / "metrics.csv"
-
-
 def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
@@ -242,8 +233,6 @@ def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | 
 
 
 def _write_part(path: Path, signature: dict[str, Any], rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
-    from models.rundir.io import atomic_write_text
-
     atomic_write_text(path, json.dumps({"signature": signature, "rows": rows, "seconds": seconds},
                                        default=_json_num, allow_nan=True) + "\n")
 
@@ -267,33 +256,27 @@ def probe_run(
     recomputed unless `force`. Returns the path of metrics.csv."""
     from tqdm.auto import tqdm
 
-    from interp.capture import capture_dir, captured_steps, load_step, read_step_meta, step_file
-
-    from interp.probe_set import CAPTURE_VERSION, ProbeSet
-    from interp.run_io import list_checkpoints, load_checkpoint_model, random_init_model, read_run_config
-
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.root
     opt = options or MetricOptions()
-    ps_path = capture_dir(run_dir) / "probe_set.safetensors"
-    if not ps_path.is_file():
+    if not run.probe_set.is_file():
         raise UserError(f"{run_dir} has no capture yet; run `hyenalens capture {run_dir}` first")
-    cfg = read_run_config(run_dir)
-    ps = ProbeSet.load(ps_path)
+    cfg = run.run_config()
+    ps = ProbeSet.load(run.probe_set)
     digest = ps.digest()
     signature = {"probe_set": digest, "version": METRICS_VERSION, "options": opt.signature()}
-    listed = {s for s, _ in list_checkpoints(run_dir)}  # a pruned checkpoint's capture is stale
+    listed = {s for s, _ in run.list_checkpoints()}  # a pruned checkpoint's capture is stale
     steps = []
-    for s in captured_steps(run_dir):
+    for s in run.captured_steps():
         if s not in listed:
             continue
-        meta = read_step_meta(step_file(run_dir, s))
+        meta = run.capture_meta(s)
         if meta and meta.get("probe_set") == digest and meta.get("version") == CAPTURE_VERSION:
             steps.append(s)
     if not steps:
         raise UserError(f"{run_dir} has no captured checkpoint for its probe set; run `hyenalens capture {run_dir}`")
-    pdir = parts_dir(run_dir)
-    todo = [s for s in steps if force or _read_part(pdir / f"step_{s:08d}.json", signature) is None]
-    floor_path = pdir / "floor.json"
+    todo = [s for s in steps if force or _read_part(run.part_file(s), signature) is None]
+    floor_path = run.metrics_parts / "floor.json"
     need_floor = floor and (force or _read_part(floor_path, signature) is None)
     bar = tqdm(total=len(todo) + int(need_floor), desc=f"probe {run_dir.name}", unit="ckpt",
                disable=not progress or not (todo or need_floor))
@@ -311,33 +294,24 @@ def probe_run(
         model = load_checkpoint_model(run_dir, s, cfg)
         secs["load"] = time.perf_counter() - t0
         rows = evaluate_model(model, ps, acts=acts, options=opt, timings=secs)
-        _write_part(pdir / f"step_{s:08d}.json", signature, rows, secs)
+        _write_part(run.part_file(s), signature, rows, secs)
         del acts, model
         bar.update()
     bar.close()
     table = []
     for s in steps:
-        for r in _read_part(pdir / f"step_{s:08d}.json", signature) or []:
+        for r in _read_part(run.part_file(s), signature) or []:
             table.append(dict(r, step=s))
     floor_rows = _read_part(floor_path, signature) if floor else None
-    write_metrics_csv(metrics_path(run_dir), table, floor_rows)
+    write_metrics_csv(run.metrics_csv, table, floor_rows)
     if opt.sources:
-        _write_source_example(run_dir, steps[-1], cfg, ps, signature, force)
-    return metrics_path(run_dir)
+        _write_source_example(run, steps[-1], cfg, ps, signature, force)
+    return run.metrics_csv
 
 
-def example_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "analysis" / "source_example.json"
-
-
-def _write_source_example(run_dir: Path, step: int, cfg: Any, ps: Any, signature: dict, force: bool) -> None:
+def _write_source_example(run: RunDir, step: int, cfg: Any, ps: Any, signature: dict, force: bool) -> None:
     """The final checkpoint's per-source terms of probe row 0 (the report draws them)."""
-    from models.rundir.io import atomic_write_json
-    from models.data.vocab import icl_vocab, mqar_vocab
-
-    from interp.run_io import load_checkpoint_model
-
-    path = example_path(run_dir)
+    path = run.source_example
     if not force and path.is_file():
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -345,7 +319,7 @@ def _write_source_example(run_dir: Path, step: int, cfg: Any, ps: Any, signature
             old = None
         if isinstance(old, dict) and old.get("step") == step and old.get("signature") == signature:
             return
-    model = load_checkpoint_model(run_dir, step, cfg)
+    model = load_checkpoint_model(run.root, step, cfg)
     if not projectable(model):
         return
     ex = source_example(model, ps, value_candidates(ps))
@@ -382,8 +356,6 @@ def tidy(rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | 
 
 
 def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None) -> None:
-    from models.rundir.io import atomic_write_text
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
     w.writeheader()

@@ -9,41 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass, fields
-from typing import Any
 
 import torch.nn as nn
 
-
-@dataclass
-class AttentionConfig:
-    """Matched to HyenaLM: same layers, width and MLP, one head, GELU(tanh), LayerNorm,
-    learned absolute positions (attention has no other source of order)."""
-
-    vocab_size: int = 10
-    d_model: int = 64
-    n_layers: int = 2
-    d_inner: int | None = None  # None: 4 · d_model
-    causal: bool = True
-    l_max: int = 66
-    n_heads: int = 1
-
-    def __post_init__(self):
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} must be divisible by n_heads {self.n_heads}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AttentionConfig":
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown attention model key(s): {', '.join(unknown)}")
-        return cls(**d)
+from models.config.model import AttentionConfig  # defined with the run configs (torch-free)
 
 
 def build_attention(cfg: AttentionConfig, seed: int = 0) -> nn.Module:
     """A TransformerBridge around TL's native model; `seed` fixes its initialization."""
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"d_model {cfg.d_model} must be divisible by n_heads {cfg.n_heads}")
     from transformer_lens import TransformerBridge, TransformerBridgeConfig
 
     tl_cfg = TransformerBridgeConfig(

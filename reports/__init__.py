@@ -1,6 +1,7 @@
 """HyenaLens reports layer: seaborn figures and the self-contained HTML report
-(docs/architecture.md). Imports `models`, `interp` and `analysis`; nothing imports it but the
-command line. Figures load matplotlib lazily (Agg), so `import reports` stays light."""
+(docs/architecture.md). It only reads run directories (through `models.rundir.RunDir`) and
+analysis' outputs; it imports `models` and `analysis`, never torch or transformer_lens, and
+nothing imports it but the command line. Figures load matplotlib lazily (Agg)."""
 from reports.report import write_report
 from reports.rundata import RunData, discover_runs, load_run
 

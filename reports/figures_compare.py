@@ -11,6 +11,7 @@ import seaborn as sns
 from matplotlib import ticker
 
 from reports.figures_common import ACC_STYLE, Figure, FigureSkipped, new_figure, plain, save
+from reports.summary import key_curves, short_curve
 
 MAX_LEADLAG_METRICS = 12
 
@@ -63,7 +64,6 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path) -> Figure:
         raise FigureSkipped("no regimes to compare")
     names = list(regimes)
     ylabels = [f"{plain(r)}\n(n={regimes[r]['n_runs']})" for r in names]
-    from reports.summary import key_curves, short_curve
 
     ll_metrics = key_curves(regimes)
     h = max(3.2, 0.55 * len(names) + 1.6)

@@ -1,10 +1,11 @@
 """Figures of the mechanism at chosen checkpoints: 3 filter heatmaps (+ the lag profile across
 training), 4 implicit-attention maps of one annotated example, 6 patching recovery.
 
-Filters come from the captures (`capture/step_*.safetensors`, hooks `blocks.{l}.mixer.
-hook_filter[_rev]`), else from the checkpoints. Maps are recomputed for one example through
-`interp.implicit_attention` (token level, channel mean |H|, rows normalized; the real pattern's
-head mean for attention). Patching reads `patch_recovery` rows of analysis/metrics.csv.
+Everything is read, nothing recomputed, and no checkpoint is loaded (so no torch): filters and
+maps come from the captures (`capture/step_*.safetensors`: hooks `blocks.{l}.mixer.
+hook_filter[_rev]`, and the example's maps interp/capture.py `example_maps` stores: token level,
+channel mean |H|, rows normalized; the real pattern's head mean for attention). Patching reads
+`patch_recovery` rows of analysis/metrics.csv.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import seaborn as sns
 from matplotlib import transforms
 from matplotlib.patches import Rectangle
 
+from models.rundir.layout import CAPTURE_MAP_PREFIX, RunDir, capture_map_key
 from reports.figures_common import (Figure, FigureSkipped, log_norm, new_figure, pick_steps, plain, save,
                                     short_hook)
 from reports.rundata import RunData
@@ -29,45 +31,22 @@ ROLE_ORDER = ("query", "match_key", "match_value", "other", "all", "none")
 
 
 # ------------------------------------------------------------------ filters
-def _capture_filters(path: Path) -> dict[int, list[np.ndarray | None]]:
+def _capture_filters(rd: RunData, step: int) -> dict[int, list[np.ndarray | None]]:
     """{layer: [forward [N−1, d, L], backward or None]} from one capture file."""
-    from safetensors import safe_open
-
+    arrays, _ = RunDir(rd.path).read_capture(step, keep=lambda k: _FILTER_RE.match(k) is not None)
     out: dict[int, list] = {}
-    with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():
-            m = _FILTER_RE.match(k)
-            if m:
-                out.setdefault(int(m.group(1)), [None, None])[1 if m.group(2) else 0] = f.get_tensor(k).float().numpy()
+    for k, v in arrays.items():
+        m = _FILTER_RE.match(k)
+        out.setdefault(int(m.group(1)), [None, None])[1 if m.group(2) else 0] = v.astype(np.float32)
     return out
-
-
-def _run_config(rd: RunData) -> Any:
-    """The run's validated config object (interp.run_io), read once per run."""
-    if "_run_config" not in rd.cache:
-        from interp.run_io import read_run_config
-
-        rd.cache["_run_config"] = read_run_config(rd.path)
-    return rd.cache["_run_config"]
-
-
-def _checkpoint_filters(rd: RunData, step: int) -> dict[int, list[np.ndarray | None]]:
-    from interp.filters import model_filters
-    from interp.run_io import load_checkpoint_model
-
-    model = load_checkpoint_model(rd.path, step, _run_config(rd))
-    return {l: [lf.forward.float().numpy(), None if lf.backward is None else lf.backward.float().numpy()]
-            for l, lf in enumerate(model_filters(model))}
 
 
 def _filters_source(rd: RunData) -> tuple[list[int], Any, str]:
     if rd.kind == "attention":
         raise FigureSkipped("attention runs have no long convolution filters")
     if rd.captured:
-        return rd.captured, lambda s: _capture_filters(rd.path / "capture" / f"step_{s:08d}.safetensors"), "captures"
-    if rd.checkpoints:
-        return rd.checkpoints, lambda s: _checkpoint_filters(rd, s), "checkpoints (no captures)"
-    raise FigureSkipped("the run has neither captures nor checkpoints to read filters from")
+        return rd.captured, lambda s: _capture_filters(rd, s), "captures"
+    raise FigureSkipped("the run has no captures to read filters from; run `hyenalens capture`")
 
 
 def _matrix(ax, data: np.ndarray, norm, cmap: str, extent: tuple) -> None:
@@ -157,30 +136,11 @@ def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], sou
 
 
 # ------------------------------------------------------------------ implicit attention
-def _example(rd: RunData) -> tuple[Any, dict[str, np.ndarray], str]:
-    """One annotated example: (tokens [1, L], {role: positions}, where it came from)."""
-    import torch
-
-    pset = rd.path / "capture" / "probe_set.safetensors"
-    if pset.is_file():
-        from interp.probe_set import ProbeSet
-
-        ps = ProbeSet.load(pset)
-        row = int(ps.circuit_idx[0]) if len(ps.circuit_idx) else 0
-        tokens = ps.inputs[row:row + 1]
-        roles = {k: np.nonzero(v[row].numpy())[0] for k, v in ps.roles.items()}
-        roles["query"] = np.array([int(ps.qpos[row])])
-        return tokens, roles, f"probe-set row {row}"
-    if not rd.config:
-        raise FigureSkipped("no probe set and no config.yaml to regenerate an example from")
-    from interp.run_io import run_test_split
-
-    inputs, _, r = run_test_split(_run_config(rd))
-    tokens = inputs[0:1].to(torch.int64)
-    roles = {k: np.nonzero(getattr(r, k)[0].numpy())[0] for k in
-             ("key", "value", "query", "match_key", "match_value", "trigger", "copy")}
-    roles["query"] = roles["query"][-1:]
-    return tokens, roles, "test-split row 0 (no probe set captured)"
+def _stored_maps(rd: RunData, step: int) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """({layer: |map| [L, L]}, the maps' metadata: row, roles, layers) of one capture file."""
+    arrays, meta = RunDir(rd.path).read_capture(step, keep=lambda k: k.startswith(CAPTURE_MAP_PREFIX))
+    info = meta["maps"]
+    return {l: np.abs(arrays[capture_map_key(l)].astype(np.float64)) for l in range(int(info["layers"]))}, info
 
 
 def _annotate(ax, roles: dict[str, np.ndarray], L: int, x_labels: bool = True, y_labels: bool = True) -> None:
@@ -209,26 +169,21 @@ def _annotate(ax, roles: dict[str, np.ndarray], L: int, x_labels: bool = True, y
 
 
 def fig_implicit_attention(rd: RunData, out_dir: Path) -> Figure:
-    if not rd.checkpoints:
-        raise FigureSkipped("no checkpoints/ to recompute the maps from")
-    import torch
-
-    from interp import implicit_attention
-    from interp.run_io import load_checkpoint_model
-
-    tokens, roles, src = _example(rd)
-    picks = pick_steps(rd.checkpoints, rd.jump())
+    if not rd.captured:
+        raise FigureSkipped("no captures (capture/step_*.safetensors) to read the maps from; run `hyenalens capture`")
+    if not rd.mapped:
+        raise FigureSkipped(f"run {rd.name}: capture predates the stored maps; rerun `hyenalens capture {rd.path}`")
+    picks = pick_steps(rd.mapped, rd.jump())
     maps: dict[tuple[int, int], np.ndarray] = {}
-    n_layers = None
+    info: dict[str, Any] = {}
     for s, _ in picks:
-        model = load_checkpoint_model(rd.path, s, _run_config(rd))
-        n_layers = len(model.blocks) if hasattr(model, "blocks") else int(model.cfg.n_layers)
-        for l in range(min(n_layers, MAX_ROWS)):
-            with torch.no_grad():
-                m = implicit_attention(model, tokens, l, level="token", aggregate="mean_abs", normalize_rows=True)
-            maps[(s, l)] = np.abs(m[0].double().numpy())
-    layers = list(range(min(n_layers or 0, MAX_ROWS)))
-    L = tokens.shape[1]
+        per_layer, info = _stored_maps(rd, s)
+        for l, m in per_layer.items():
+            maps[(s, l)] = m
+    roles = {k: np.asarray(v, dtype=int) for k, v in info["roles"].items()}
+    src = f"probe-set row {info['row']}"
+    layers = list(range(min(int(info["layers"]), MAX_ROWS)))
+    L = maps[(picks[0][0], 0)].shape[-1]
     is_attn = rd.kind == "attention"
     from matplotlib.colors import LogNorm
 

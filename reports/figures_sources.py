@@ -22,10 +22,11 @@ import pandas as pd
 from matplotlib import transforms
 from matplotlib.patches import Patch
 
+from models.rundir.layout import RunDir
 from reports.figures_common import Figure, FigureSkipped, new_figure, plain, save, use_log_x
 from reports.rundata import RunData
 
-EXAMPLE_FILE = "analysis/source_example.json"
+EXAMPLE_FILE = RunDir("").source_example.as_posix()  # "analysis/source_example.json", as messages name it
 WRITER = "`hyenalens probe RUN_DIR` writes it"
 WRITER_BOTH = "`hyenalens probe RUN_DIR` writes both"
 # role: (label, color, linestyle). Solid: the position groups; dashed: the diagnostic groups.
@@ -50,7 +51,7 @@ def fig_sources(rd: RunData, out_dir: Path) -> list[Figure]:
     what is missing and which command writes it) when neither does."""
     circ = rd.circuit
     share = None if circ is None else circ[(circ["metric"] == "source_share") & (circ["target"] == "direct")]
-    example = _read_example(rd.path / EXAMPLE_FILE)
+    example = _read_example(RunDir(rd.path).source_example)
     have_share = share is not None and not share.empty
     if not have_share and example is None:
         what = ("analysis/metrics.csv is missing" if circ is None

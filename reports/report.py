@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models.errors import UserError
+from models.rundir.io import atomic_write_json, atomic_write_text
 from reports import html as H
 from reports.rundata import RunData, discover_runs, load_run, slugify
 from reports.summary import (group_keys, key_curves, load_group, regime_rank, regime_summary, run_numbers,
@@ -68,8 +69,6 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
 
     `group`: analysis.formation.analyze_group's output (a dict, or its JSON file); by default a
     JSON with a top-level `groups` mapping in a folder argument (or its analysis/) is used."""
-    from models.rundir.io import atomic_write_json, atomic_write_text
-
     if detail not in DETAIL:
         raise UserError(f"detail {detail!r} is unknown; use one of {', '.join(DETAIL)}")
     out = Path(out_dir)

@@ -1,13 +1,13 @@
-"""Reading run directories for the report (docs/architecture.md, "Run-directory format").
+"""Reading run directories for the report (docs/architecture.md, "Run-directory format"),
+through `models.rundir.RunDir`, the owner of that format.
 
-`discover_runs(paths)` turns the command line's RUN_DIR arguments into run directories: a
-directory holding `metrics.jsonl` is a run; any other directory is searched (three levels deep)
-for runs, so a sweep or demo output folder can be passed whole.
+`discover_runs(paths)` (models/rundir/discover.py, re-exported here) turns the command line's
+RUN_DIR arguments into run directories.
 
 `load_run(path)` reads what a report needs into a `RunData`. Only `metrics.jsonl` is required
 (missing or empty: a one-line `UserError`). Every other piece is optional: when it is missing or
 unreadable, the field is empty and a plain sentence is appended to `RunData.notes`, which the page
-shows. Nothing here imports matplotlib.
+shows. Nothing here imports matplotlib or torch.
 """
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import regime_name
-from models.config.source import parse_yaml
+from analysis.curves import ACC_CURVES, regime_of as _regime_of
+from analysis.transitions import detect_transitions
 from models.errors import UserError
+from models.rundir.discover import discover_runs
+from models.rundir.io import read_jsonl
+from models.rundir.layout import RunDir
 
-ACC_CURVES = ("test_acc_last", "train_acc_all", "train_acc_recallable", "train_acc_last")
-_MAX_DEPTH = 3
+__all__ = ["RunData", "discover_runs", "load_run", "regime_of", "slugify", "main_transition"]
 
 
 @dataclass
@@ -44,6 +46,7 @@ class RunData:
     transitions: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     transitions_source: str = "none"
     captured: list[int] = field(default_factory=list)
+    mapped: list[int] = field(default_factory=list)  # captured steps that hold figure 4's maps
     checkpoints: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict, repr=False)  # figures' shared loads
@@ -111,13 +114,9 @@ def main_transition(trs: list[dict[str, Any]]) -> dict[str, float] | None:
 
 
 def regime_of(config: dict[str, Any]) -> str:
-    """causal/all, causal/last, noncausal/last (science.md, "Regimes"), named as
-    analysis.formation names them: a config's own `regime` wins; kinds other than hyena prefix
-    their name (attention/causal/all)."""
-    if isinstance(config.get("regime"), str):
-        return config["regime"]
-    model = config.get("model") or {}
-    return regime_name(str(model.get("kind", "hyena")), bool(model.get("causal", True)), str(config.get("loss", "all")))
+    """causal/all, causal/last, noncausal/last (science.md, "Regimes"), by analysis' rule
+    (`analysis.curves.regime_of`); a config without the keys reads as hyena, causal, all."""
+    return _regime_of(config, defaults=True)
 
 
 def slugify(name: str) -> str:
@@ -126,86 +125,37 @@ def slugify(name: str) -> str:
     return f"{base}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:6]}"
 
 
-# ------------------------------------------------------------------ discovery
-def _is_run(p: Path) -> bool:
-    return (p / "metrics.jsonl").is_file()
-
-
-def discover_runs(paths: list[str | Path]) -> list[tuple[Path, str]]:
-    """(run dir, display name) for every run named by `paths`, in argument then path order."""
-    if not paths:
-        raise UserError("no RUN_DIR given; pass one or more run directories (or a folder of runs)")
-    out: list[tuple[Path, str]] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            raise UserError(f"{p} does not exist; pass a run directory or a folder of runs")
-        if not p.is_dir():
-            raise UserError(f"{p} is not a directory; pass a run directory or a folder of runs")
-        if _is_run(p):
-            out.append((p, p.resolve().name or str(p)))
-            continue
-        found = []
-        _walk(p, p, 1, found)
-        if not found:
-            raise UserError(f"{p} holds no metrics.jsonl (neither itself nor its subfolders): it is not a run "
-                            "directory; train a run first")
-        out.extend(found)
-    seen, uniq = set(), []
-    for path, name in out:
-        key = str(path.resolve())
-        if key not in seen:
-            seen.add(key)
-            uniq.append((path, name))
-    names = [n for _, n in uniq]
-    return [(path, (str(path) if names.count(name) > 1 else name)) for path, name in uniq]
-
-
-def _walk(root: Path, d: Path, depth: int, found: list) -> None:
-    if depth > _MAX_DEPTH:
-        return
-    try:
-        subs = sorted(x for x in d.iterdir() if x.is_dir() and not x.name.startswith("."))
-    except OSError:
-        return
-    for s in subs:
-        if _is_run(s):
-            found.append((s, str(s.relative_to(root))))
-        else:
-            _walk(root, s, depth + 1, found)
-
-
 # ------------------------------------------------------------------ one run
 def load_run(path: str | Path, name: str | None = None) -> RunData:
-    path = Path(path)
+    run = RunDir(path)
+    path = run.root
     name = name or path.resolve().name
-    metrics = _read_metrics(path)
+    metrics = _read_metrics(run)
     notes: list[str] = []
-    config = _read_yaml(path / "config.yaml", notes)
-    run_info = _read_json(path / "run.json", notes, "run.json (provenance)")
+    config = _read_config(run, notes)
+    run_info = _read_json(run.run_json, notes, "run.json (provenance)")
     rd = RunData(path=path, name=name, config=config, run_info=run_info, metrics=metrics, notes=notes)
     for c in ("test_acc_last", "train_acc_all"):
         if c not in metrics.columns:
             notes.append(f"metrics.jsonl has no `{c}` column")
-    rd.circuit = _read_circuit(path / "analysis" / "metrics.csv", notes)
-    rd.formation = _read_json(path / "analysis" / "formation.json", notes, "analysis/formation.json", None)
+    rd.circuit = _read_circuit(run.metrics_csv, notes)
+    rd.formation = _read_json(run.formation, notes, "analysis/formation.json", None)
     _set_transitions(rd)
-    rd.captured = _captured_steps(path)
+    rd.captured = run.captured_steps()
+    rd.mapped = [s for s in rd.captured if "maps" in (run.capture_meta(s) or {})]
     if not rd.captured:
-        notes.append("no captures (capture/step_*.safetensors): filter heatmaps come from checkpoints if any; "
+        notes.append("no captures (capture/step_*.safetensors): no filter heatmaps or implicit-attention maps; "
                      "run `hyenalens capture`")
-    rd.checkpoints = _checkpoint_steps(path)
-    if not rd.checkpoints:
-        notes.append("no checkpoints/: implicit-attention maps cannot be drawn")
+    elif len(rd.mapped) < len(rd.captured):
+        notes.append(f"run {name}: capture predates the stored maps; rerun `hyenalens capture {path}`")
+    rd.checkpoints = run.checkpoint_steps()
     return rd
 
 
-def _read_metrics(path: Path) -> pd.DataFrame:
-    f = path / "metrics.jsonl"
+def _read_metrics(run: RunDir) -> pd.DataFrame:
+    f = run.metrics
     if not f.is_file():
-        raise UserError(f"{path} has no metrics.jsonl; it is not a run directory (train it first)")
-    from models.rundir.io import read_jsonl
-
+        raise UserError(f"{run.root} has no metrics.jsonl; it is not a run directory (train it first)")
     try:
         rows = read_jsonl(f)
     except (OSError, UnicodeDecodeError) as e:
@@ -221,17 +171,14 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     return df.sort_values("step", kind="stable").drop_duplicates("step", keep="last").reset_index(drop=True)
 
 
-def _read_yaml(f: Path, notes: list[str]) -> dict[str, Any]:
-    if not f.is_file():
+def _read_config(run: RunDir, notes: list[str]) -> dict[str, Any]:
+    if not run.is_run():
         notes.append("config.yaml is missing: regime, task and seed are unknown (treated as causal/all)")
         return {}
     try:
-        cfg = parse_yaml(f.read_text(encoding="utf-8"), str(f)) or {}
-        if not isinstance(cfg, dict):
-            raise ValueError("not a mapping")
-        return cfg
-    except Exception as e:  # noqa: BLE001 - an unreadable optional file is a note, never a crash
-        notes.append(f"config.yaml could not be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        return run.read_config()
+    except UserError as e:  # an unreadable optional file is a note, never a crash
+        notes.append(f"config.yaml could not be read ({type(e).__name__}: {str(e).splitlines()[0]})")
         return {}
 
 
@@ -283,11 +230,6 @@ def _set_transitions(rd: RunData) -> None:
         rd.transitions_source = "analysis/formation.json"
         return
     # No formation.json: time the accuracy curves here with analysis' own detector.
-    try:
-        from analysis.transitions import detect_transitions
-    except ImportError:
-        rd.notes.append("no transitions: formation.json is missing and analysis.transitions is unavailable")
-        return
     out = {}
     for c in ACC_CURVES:
         if c in rd.metrics.columns:
@@ -298,28 +240,3 @@ def _set_transitions(rd: RunData) -> None:
     rd.transitions = out
     rd.transitions_source = ("analysis.transitions.detect_transitions (accuracy curves only; run `hyenalens analyze` "
                              "for circuit metrics)")
-
-
-def _captured_steps(path: Path) -> list[int]:
-    d = path / "capture"
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.glob("step_*.safetensors"):
-        m = re.match(r"^step_(\d+)\.safetensors$", p.name)
-        if m:
-            out.append(int(m.group(1)))
-    return sorted(out)
-
-
-def _checkpoint_steps(path: Path) -> list[int]:
-    d = path / "checkpoints"
-    if not d.is_dir():
-        return []
-    try:
-        from interp.run_io import list_checkpoints
-
-        return [int(s) for s, p in list_checkpoints(path) if Path(p).is_file()]
-    except Exception:  # noqa: BLE001 - a broken index: fall back to file names
-        return sorted(int(m.group(1)) for p in d.iterdir()
-                      if (m := re.match(r"^step_(\d+)\.safetensors$", p.name)))

@@ -1,14 +1,15 @@
 """The numbers a report opens with: per run, per regime (bootstrap CIs over seeds), the seed claim.
 
-Sources, in order of preference (the report builds on analysis' outputs, it does not re-time
-curves that analysis has timed):
+Sources, in order of preference (the report reads analysis' outputs, it does not re-time curves
+that analysis has timed, and every CI and verdict is analysis' own):
 
 1. a combined analysis over the runs (`analysis.formation.analyze_group`'s JSON, passed in or
    found beside the runs: `group_files`) — its per-regime jump midpoints, seed-claim offsets and
    verdicts, lead/lag and steps to 99% are used as they are, for a regime whose run set matches;
 2. each run's `analysis/formation.json` (`jump`, `lead_lag`, `seed_claim`,
-   `steps_to_99_test_acc`), aggregated here over the regime's runs with
-   `analysis.bootstrap.bootstrap_ci` and analysis' seed-claim rule (`analysis.claim_verdict`);
+   `steps_to_99_test_acc`), over the regime's runs with analysis' estimator
+   (`analysis.formation.estimate`, the one analyze_group uses) and its seed-claim rule
+   (`analysis.claim_verdict`);
 3. for a run without formation.json, its accuracy curves timed by
    `analysis.transitions.detect_transitions` (see reports.rundata).
 
@@ -21,10 +22,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from analysis import claim_verdict
+from analysis.formation import SAME_TIME_TOL, claim_verdict, estimate
 from models.errors import UserError
+from models.rundir.layout import RunDir
 from reports.rundata import RunData, _finite, main_transition
 
 ACC_KEYS = ("test_acc_last", "train_acc_all", "train_acc_recallable")
@@ -42,36 +42,17 @@ def log_step(s: float) -> float:
     return math.log1p(max(float(s), 0.0))
 
 
-def same_time_tolerance() -> float:
-    try:
-        from analysis.formation import SAME_TIME_TOL
-
-        return float(SAME_TIME_TOL)
-    except ImportError:
-        return math.log(1.5)
-
-
 def stat(values: list[Any], total: int | None = None) -> dict[str, Any]:
     """{"mean", "ci" ([lo, hi] or None), "n", "n_total", "values", "method", "note"} of the
-    finite values, by analysis.bootstrap (its small-n rules; a percentile bootstrap here when
-    analysis is unavailable)."""
+    finite values, by analysis' estimator (`analysis.formation.estimate`: its small-n rules)."""
     v = [float(x) for x in values if _finite(x)]
     out = {"mean": None, "ci": None, "n": len(v), "n_total": len(values) if total is None else total,
            "values": v, "method": "none", "note": ""}
     if not v:
         return out
-    try:
-        from analysis.bootstrap import bootstrap_ci
-
-        e = bootstrap_ci(v)
-        out.update(mean=e.value, method=e.method, note=e.note,
-                   ci=[e.lo, e.hi] if e.lo is not None and e.hi is not None else None)
-    except ImportError:
-        out["mean"] = float(np.mean(v))
-        if len(v) > 1:
-            rng = np.random.default_rng(0)
-            means = np.asarray(v)[rng.integers(0, len(v), size=(4000, len(v)))].mean(axis=1)
-            out.update(ci=[float(x) for x in np.percentile(means, [2.5, 97.5])], method="percentile")
+    e = estimate(v)
+    out.update(mean=e["value"], method=e["method"], note=e["note"],
+               ci=[e["lo"], e["hi"]] if e["lo"] is not None and e["hi"] is not None else None)
     return out
 
 
@@ -257,7 +238,7 @@ def group_files(paths: list[str | Path]) -> list[Path]:
     `*.json` directly in it or in its `analysis/` whose top level has a `groups` mapping."""
     found = []
     for p in map(Path, paths):
-        if not p.is_dir() or (p / "metrics.jsonl").is_file():
+        if not p.is_dir() or RunDir(p).is_run():
             continue
         for f in sorted([*p.glob("*.json"), *(p / "analysis").glob("*.json")]):
             try:
@@ -304,7 +285,7 @@ def seed_claim(regimes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     name = next((k for k in regimes if k.endswith(SEED_CLAIM_REGIME)), next(iter(regimes)))
     s = regimes[name]
     off_l, off_s = s["offset_train_acc_all_log_steps"], s["offset_train_acc_all_steps"]
-    tol = same_time_tolerance()
+    tol = SAME_TIME_TOL
     verdict = s.get("seed_claim_verdict") or claim_verdict(*(off_l["ci"] or (None, None)), tol)
     res = {"regime": name, "verdict": verdict, "offset_log_steps": off_l, "offset_steps": off_s,
            "tolerance_log_steps": tol, "source": s.get("source")}

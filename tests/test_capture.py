@@ -11,11 +11,12 @@ import torch
 
 import interp.capture as capture
 import interp.run_metrics as run_metrics
-from interp.capture import capture_model, capture_run, step_file
+from interp.capture import capture_model, capture_run
 from interp.probe_set import SLOTS, ProbeSet, make_probe_set
 from interp.run_metrics import METRIC_COLUMNS, MetricOptions, probe_run
 from models import build_model
 from models.errors import UserError
+from models.rundir.layout import RunDir
 from models.data.synthetics import icl_dataset
 from tests.conftest import jitter_, tiny_hyena_config
 
@@ -131,9 +132,7 @@ def _counting(monkeypatch, fail_at: int | None = None) -> list:
 
 
 def test_capture_resumes_without_redoing_work(run_dir, monkeypatch):
-    from interp.run_io import list_checkpoints
-
-    steps = [s for s, _ in list_checkpoints(run_dir)]
+    steps = [s for s, _ in RunDir(run_dir).list_checkpoints()]
     assert len(steps) == 5
     calls = _counting(monkeypatch, fail_at=3)
     with pytest.raises(KeyboardInterrupt):
@@ -142,13 +141,13 @@ def test_capture_resumes_without_redoing_work(run_dir, monkeypatch):
     cap = run_dir / "capture"
     assert sorted(p.name for p in cap.iterdir()) == ["probe_set.safetensors"] + [
         f"step_{s:08d}.safetensors" for s in steps[:2]]  # no torn or temp file
-    done = {s: step_file(run_dir, s).stat().st_mtime_ns for s in steps[:2]}
+    done = {s: RunDir(run_dir).capture_file(s).stat().st_mtime_ns for s in steps[:2]}
 
     calls = _counting(monkeypatch)
     out = capture_run(run_dir, progress=False)
     assert out["skipped"] == steps[:2] and out["captured"] == steps[2:]
     assert len(calls) == len(steps) - 2
-    assert all(step_file(run_dir, s).stat().st_mtime_ns == t for s, t in done.items())
+    assert all(RunDir(run_dir).capture_file(s).stat().st_mtime_ns == t for s, t in done.items())
 
     calls = _counting(monkeypatch)
     assert capture_run(run_dir, progress=False)["captured"] == [] and not calls
@@ -166,9 +165,7 @@ def test_capture_resumes_without_redoing_work(run_dir, monkeypatch):
 
 
 def test_probe_run_writes_one_tidy_table_incrementally(run_dir, monkeypatch):
-    from interp.run_io import list_checkpoints
-
-    steps = [s for s, _ in list_checkpoints(run_dir)]
+    steps = [s for s, _ in RunDir(run_dir).list_checkpoints()]
     capture_run(run_dir, progress=False)
     calls = []
     real = run_metrics.evaluate_model
@@ -215,3 +212,36 @@ def test_probe_run_writes_one_tidy_table_incrementally(run_dir, monkeypatch):
         assert len(list(csv.DictReader(f))) == len(rows)
     meta = json.loads((run_dir / "analysis" / "metrics_parts" / "floor.json").read_text())
     assert meta["signature"]["options"]["ig_steps"] == 8
+
+
+def test_capture_adds_the_report_maps_to_an_older_capture(run_dir, monkeypatch):
+    """A capture file written before the report's maps were stored gets them on the next
+    capture, without recapturing anything else; the maps are figure 4's."""
+    from interp import implicit_attention
+    from models.rundir.io import atomic_save_tensors
+    from models.rundir.layout import CAPTURE_MAP_PREFIX, capture_map_key
+    from models.rundir.run import load_checkpoint_model
+
+    run = RunDir(run_dir)
+    capture_run(run_dir, progress=False)
+    step = run.captured_steps()[-1]
+    tensors, meta = capture.load_step(run_dir, step)
+    old = {k: v for k, v in tensors.items() if not k.startswith(CAPTURE_MAP_PREFIX)}
+    assert len(old) < len(tensors) and "maps" in meta
+    meta.pop("maps")
+    atomic_save_tensors(run.capture_file(step), old, meta)  # as an older capture wrote it
+    calls = _counting(monkeypatch)
+    out = capture_run(run_dir, progress=False)
+    assert calls == [] and out["maps_added"] == [step] and out["captured"] == [step]
+    new, meta = capture.load_step(run_dir, step)
+    assert all(torch.equal(new[k], v) for k, v in old.items())
+    ps = ProbeSet.load(run.probe_set)
+    model = load_checkpoint_model(run_dir, step)
+    row = meta["maps"]["row"]
+    assert row == int(ps.circuit_idx[0]) and meta["maps"]["layers"] == 2
+    assert meta["maps"]["roles"]["query"] == [int(ps.qpos[row])]
+    for l in range(2):
+        want = implicit_attention(model, ps.inputs[row:row + 1], l, level="token", aggregate="mean_abs",
+                                  normalize_rows=True)[0].abs()
+        assert new[capture_map_key(l)].shape == want.shape and torch.allclose(new[capture_map_key(l)], want.float())
+    assert capture_run(run_dir, progress=False)["captured"] == [] and calls == []

@@ -1,14 +1,26 @@
 """Run configs: presets, overrides, validation messages, resolution, optimizer and schedules."""
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from models.build import build_model
+from models.config.model import SAFARI_OPERATOR_DEFAULTS, SYNTHETICS_DEFAULTS, AttentionConfig, HyenaConfig
+from models.hyena.operator import HyenaOperator
+from models.safari.conversion import _OPERATOR_MATH, lm_config_from_safari
 from models.training.schedule import CheckpointSchedule
-from models.config.schema import (CheckpointConfig, ScheduleConfig, apply_overrides, config_diff, load_config, parse_yaml,
-                           preset_names, read_config_source, resolve_config, validate_config)
+from models.config import (CheckpointConfig, ScheduleConfig, apply_overrides, config_diff, config_hash, config_yaml,
+                           load_config, model_build_dict, parse_yaml, preset_names, read_config_source, resolve_config,
+                           validate_config)
 from models.errors import UserError
 from models.training.optim import AdamW, lr_factor, named_params, no_decay_names, param_groups
 
@@ -26,14 +38,14 @@ def test_required_presets_exist_and_validate():
         regime = name.removeprefix("quick_").split("_", 1)[1]
         assert cfg.loss == regime.rsplit("_", 1)[1]
         assert cfg.causal == ("noncausal" not in regime and "bidirectional" not in regime)
-        assert cfg.model["kind"] == ("attention" if "attention" in regime else "hyena")
+        assert cfg.model.kind == ("attention" if "attention" in regime else "hyena")
 
 
 def test_ar_causal_all_is_the_safari_fixture_setup():
     cfg = load_config("ar_causal_all")
     d, m = cfg.data, cfg.model
     assert (d.task, d.vocab_size, d.input_seq_len, d.num_examples, d.num_test_examples) == ("ar", 10, 64, 5000, 500)
-    assert (m["d_model"], m["n_layers"], m["order"], cfg.schedule.epochs, cfg.schedule.batch_size) == (64, 2, 2, 12, 32)
+    assert (m.d_model, m.n_layers, m.order, cfg.schedule.epochs, cfg.schedule.batch_size) == (64, 2, 2, 12, 32)
     assert (cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.schedule.warmup, cfg.schedule.decay) == (5e-4, 0.1, 0.1, "linear")
 
 
@@ -42,7 +54,7 @@ def test_preset_by_path_and_overrides(tmp_path):
     p.write_text("optimizer:\n  lr: 5e-4\nmodel:\n  d_model: 16\n")
     cfg = load_config(str(p), ["model.d_model=8", "optimizer.betas=[0.8, 0.9]", "data.seed=3", "loss=last"])
     assert cfg.optimizer.lr == 5e-4 and isinstance(cfg.optimizer.lr, float)  # YAML 1.1 would give a string
-    assert cfg.model["d_model"] == 8 and cfg.optimizer.betas == [0.8, 0.9] and cfg.data.seed == 3
+    assert cfg.model.d_model == 8 and cfg.optimizer.betas == [0.8, 0.9] and cfg.data.seed == 3
     assert cfg.loss == "last"
 
 
@@ -94,13 +106,104 @@ def test_override_syntax_and_yaml_errors(tmp_path):
 
 def test_resolution_derives_model_keys_and_diffs_name_keys():
     cfg = resolve_config(validate_config({"seed": 4}), vocab_size=10, seq_len=66)
-    assert (cfg.model["vocab_size"], cfg.model["l_max"], cfg.data.seed) == (10, 66, 4)
-    assert cfg.model["d_inner"] == 4 * cfg.model["d_model"] and "filter_order" in cfg.model
+    assert (cfg.model.vocab_size, cfg.model.l_max, cfg.data.seed) == (10, 66, 4)
+    assert cfg.model.d_inner == 4 * cfg.model.d_model and "filter_order" in cfg.to_dict()["model"]
     assert resolve_config(cfg, 10, 66).to_dict() == cfg.to_dict()  # idempotent
     with pytest.raises(UserError, match="model.l_max=8 is shorter than the sequence length 66"):
         resolve_config(validate_config({"model": {"l_max": 8}}), 10, 66)
     other = resolve_config(validate_config({"seed": 4, "optimizer": {"lr": 1e-3}}), 10, 66)
     assert config_diff(cfg, other) == ["optimizer.lr: 0.0005 -> 0.001"]
+
+
+# The resolved config.yaml and config_hash, byte for byte as the untyped (dict) model config
+# wrote them: a run directory's format, and the hash every checkpoint and index carries.
+RESOLVED_YAML = {
+    "ar_causal_all": ("f763d446229f2d42", """\
+seed: 0
+loss: all
+model: {kind: hyena, causal: true, activation: id, d_inner: 256, d_model: 64, dropout: 0.0,
+  emb_dim: 5, embed_dropout: 0.1, fast_decay_pct: 0.3, filter_bias: true, filter_dropout: 0.0,
+  filter_order: 64, initializer_range: 0.02, l_max: 66, layer_norm_epsilon: 1.0e-05,
+  lr_pos_emb: 0.0, max_position_embeddings: 0, modulate: true, modulation_lr: 0.0,
+  n_layers: 2, normalized: false, num_inner_mlps: 2, order: 2, resid_dropout: 0.0,
+  shift: 0.0, short_filter_order: 3, slow_decay_pct: 1.5, target: 0.01, vocab_size: 10,
+  w: 10.0}
+data: {task: ar, vocab_size: 10, input_seq_len: 64, num_examples: 5000, num_test_examples: 500,
+  num_kv_pairs: 8, remove_overlap: false, fresh_samples: false, seed: 0}
+optimizer:
+  lr: 0.0005
+  weight_decay: 0.1
+  betas: [0.9, 0.999]
+schedule: {epochs: 12, steps: null, batch_size: 32, warmup: 0.1, decay: linear}
+checkpoints: {log_count: 30, every: null, adaptive: true, dense_every: null, steep: 0.05}
+eval: {train_subset: 1000, test_subset: null}
+"""),
+    "ar_attention_bidirectional_last": ("3dc266344dbbf5ef", """\
+seed: 0
+loss: last
+model: {kind: attention, causal: false, d_inner: 256, d_model: 64, l_max: 66, n_heads: 1,
+  n_layers: 2, vocab_size: 10}
+data: {task: ar, vocab_size: 10, input_seq_len: 64, num_examples: 5000, num_test_examples: 500,
+  num_kv_pairs: 8, remove_overlap: false, fresh_samples: false, seed: 0}
+optimizer:
+  lr: 0.0005
+  weight_decay: 0.1
+  betas: [0.9, 0.999]
+schedule: {epochs: 12, steps: null, batch_size: 32, warmup: 0.1, decay: linear}
+checkpoints: {log_count: 30, every: null, adaptive: true, dense_every: null, steep: 0.05}
+eval: {train_subset: 1000, test_subset: null}
+"""),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(RESOLVED_YAML))
+def test_resolved_config_yaml_and_hash_are_pinned(preset):
+    digest, text = RESOLVED_YAML[preset]
+    cfg = resolve_config(load_config(preset), vocab_size=10, seq_len=66)
+    assert config_yaml(cfg) == text and config_hash(cfg) == digest
+    assert model_build_dict(cfg) == cfg.to_dict()["model"] == yaml.safe_load(text)["model"]
+    assert list(cfg.to_dict()["model"])[:2] == ["kind", "causal"]
+    # a stored config.yaml (an existing run directory) loads to the same typed config
+    stored = resolve_config(validate_config(parse_yaml(text, "config.yaml")), 3, 3, check=False)
+    assert isinstance(stored.model, HyenaConfig if preset == "ar_causal_all" else AttentionConfig)
+    assert stored == cfg and config_yaml(stored) == text and config_hash(stored) == digest
+
+
+def test_build_model_takes_the_typed_config_or_a_flat_dict():
+    cfg = resolve_config(load_config("quick_ar_causal_all", ["model.n_layers=1", "model.d_model=8"]), 10, 18)
+    typed, flat = build_model(cfg.model, seed=3), build_model(cfg.model.to_dict(), seed=3)
+    assert typed.cfg == cfg.model and typed.cfg is not cfg.model
+    assert all(torch.equal(a, b) for a, b in zip(typed.state_dict().values(), flat.state_dict().values()))
+    # unresolved (vocab_size, l_max still None) builds like a flat dict without them: class defaults
+    unresolved = build_model(load_config("quick_ar_causal_all").model, seed=0)
+    assert (unresolved.cfg.vocab_size, unresolved.cfg.l_max) == (HyenaConfig().vocab_size, HyenaConfig().l_max)
+
+
+def test_validating_a_config_imports_neither_torch_nor_transformer_lens():
+    code = ("import sys; from models.config.source import load_config; cfg = load_config('ar_causal_all');"
+            "from models.config.schema import config_keys, resolve_config, validate_config;"
+            "from models.config.source import read_config_source;"
+            "[validate_config(read_config_source(p)[0]) for p in ('ar_attention_causal_all', 'quick_ar_noncausal_last')];"
+            "resolve_config(cfg, 10, 66); config_keys('attention');"
+            "print(type(cfg.model).__name__, [m for m in ('torch', 'transformer_lens') if m in sys.modules])")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "HyenaConfig []"
+
+
+def test_each_default_set_has_one_table():
+    sig = inspect.signature(HyenaOperator.__init__).parameters
+    assert {k: p.default for k, p in sig.items() if p.default is not p.empty} == dict(SAFARI_OPERATOR_DEFAULTS)
+    assert {f.name: f.default for f in fields(HyenaConfig)} == dict(SYNTHETICS_DEFAULTS)
+    assert HyenaConfig().operator_kwargs().keys() == set(sig) - {"self"}  # every operator argument
+    assert _OPERATOR_MATH == set(SAFARI_OPERATOR_DEFAULTS) - {"causal"}  # safari has no causal switch
+    # a safari layer that omits a key means safari's default, not the synthetics one
+    lm = lm_config_from_safari({"d_model": 8, "n_layer": 1, "vocab_size": 10, "layer": {"l_max": 12}})
+    op = lm.operator_kwargs()
+    assert {k: op[k] for k in SAFARI_OPERATOR_DEFAULTS} == dict(SAFARI_OPERATOR_DEFAULTS)
+    assert (SYNTHETICS_DEFAULTS["emb_dim"], SYNTHETICS_DEFAULTS["w"]) != (op["emb_dim"], op["w"])
 
 
 def _model(kind):

@@ -173,11 +173,12 @@ def write_formation(run: Path) -> None:
 
 def write_model_files(run: Path, cfg: dict) -> None:
     """Checkpoints of a tiny Hyena (weights moved off init step by step), a probe set, captures."""
-    from interp.capture import capture_model, step_file
+    from interp.capture import capture_model, example_maps
     from interp.probe_set import make_probe_set
     from models import build_model, icl_dataset
     from models.rundir.checkpoint import checkpoint_name, save_checkpoint, write_index
     from models.rundir.io import atomic_save_tensors
+    from models.rundir.layout import RunDir
 
     model = build_model(dict(cfg["model"]), seed=cfg["seed"])
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -196,7 +197,8 @@ def write_model_files(run: Path, cfg: dict) -> None:
         f = run / "checkpoints" / checkpoint_name(s)
         save_checkpoint(f, model, step=s, epoch=s / 100, kind="hyena", config_hash="test", model_config=cfg["model"])
         entries.append({"step": s, "epoch": s / 100, "file": f.name})
-        atomic_save_tensors(step_file(run, s), capture_model(model, ps), {"step": s})
+        maps, info = example_maps(model, ps)  # what `hyenalens capture` stores for figure 4
+        atomic_save_tensors(RunDir(run).capture_file(s), {**capture_model(model, ps), **maps}, {"step": s, "maps": info})
     write_index(run / "checkpoints" / "index.json", "test", entries)
 
 

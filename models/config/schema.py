@@ -5,12 +5,14 @@ anything is written: an unknown key, a wrong type or an out-of-range value is a 
 whose one line names the key and the fix.
 
     seed, loss                       top-level scalars
-    model                            passed to `models.build_model` (per-kind keys)
+    model                            a typed `HyenaConfig | AttentionConfig` (models/config/model.py),
+                                     chosen by `model.kind`; `models.build_model` builds it
     data, optimizer, schedule,       dataclass sections below
     checkpoints, eval
 
 `resolve_config` fills what is derived from the data (model.vocab_size, model.l_max,
-data.seed) and every model default, so a run directory's config.yaml holds every key.
+data.seed); the typed model config holds every model default, so a run directory's
+config.yaml holds every key.
 """
 from __future__ import annotations
 
@@ -19,18 +21,18 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import yaml
 
-from models.config.source import apply_overrides, load_config, parse_yaml, preset_names, read_config_source  # noqa: F401
+from models.config.model import DERIVED_MODEL_KEYS, MODEL_CONFIGS, AttentionConfig, HyenaConfig
 from models.errors import UserError
 
 TASKS = ("ar", "ih", "mqar")
 LOSSES = ("all", "last")
 DECAYS = ("linear", "cosine", "constant")
-MODEL_KINDS = ("hyena", "attention")
+MODEL_KINDS = tuple(MODEL_CONFIGS)  # ("hyena", "attention")
 
 
 @dataclass
@@ -88,7 +90,8 @@ TOP_LEVEL = {"seed": 0, "loss": "all"}
 class RunConfig:
     seed: int = 0
     loss: str = "all"
-    model: dict = field(default_factory=lambda: {"kind": "hyena", "causal": True})
+    model: HyenaConfig | AttentionConfig = field(
+        default_factory=lambda: HyenaConfig(**dict.fromkeys(DERIVED_MODEL_KEYS)))
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -97,12 +100,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["model"] = dict(self.model)
+        d["model"] = self.model.to_dict()
         return d
 
     @property
     def causal(self) -> bool:
-        return bool(self.model.get("causal", True))
+        return bool(self.model.causal)
 
     @property
     def data_seed(self) -> int:
@@ -179,15 +182,8 @@ def _section(name: str, cls, raw: Any):
 
 
 def _model_fields(kind: str) -> dict[str, Any]:
-    """{key: (annotation, default)} of the model class for `kind`."""
-    if kind == "hyena":
-        from models.hyena.lm import HyenaConfig as cls
-    else:
-        from models.attention import AttentionConfig as cls
-    out = {}
-    for f in fields(cls):
-        default = f.default if f.default is not MISSING else None
-        out[f.name] = (str(f.type), default)
+    """{key: (annotation, default)} of the model class for `kind`, `kind` included."""
+    out = {f.name: (str(f.type), f.default) for f in fields(MODEL_CONFIGS[kind])}
     out["kind"] = ("str", kind)
     return out
 
@@ -206,7 +202,9 @@ _MODEL_MIN = {"vocab_size": 3, "d_model": 1, "n_layers": 1, "d_inner": 1, "order
 _MODEL_PROB = ("dropout", "filter_dropout", "embed_dropout", "resid_dropout")
 
 
-def validate_model(raw: Any) -> dict[str, Any]:
+def validate_model(raw: Any) -> HyenaConfig | AttentionConfig:
+    """The typed model config for `raw` (`kind` picks the class); keys it does not give take
+    the class's defaults, except `vocab_size` and `l_max`, which stay None (derived later)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -220,7 +218,7 @@ def validate_model(raw: Any) -> dict[str, Any]:
         if k not in spec:
             raise _unknown(f"model.{k}", sorted(spec))
         ann = spec[k][0]
-        if k in ("vocab_size", "l_max"):
+        if k in DERIVED_MODEL_KEYS:
             ann = "int | None"  # derived from the data when null or absent
         out[k] = check_value(f"model.{k}", v, ann)
     for k, lo in _MODEL_MIN.items():
@@ -237,7 +235,8 @@ def validate_model(raw: Any) -> dict[str, Any]:
     if kind == "hyena" and not out["causal"]:
         sfo = out.get("short_filter_order", spec["short_filter_order"][1])
         _need(sfo % 2 == 1, "model.short_filter_order", sfo, "odd for a non-causal model (the short conv is centered)")
-    return out
+    given = {k: v for k, v in out.items() if k != "kind"}
+    return MODEL_CONFIGS[kind](**{**dict.fromkeys(DERIVED_MODEL_KEYS), **given})
 
 
 def validate_config(raw: Any) -> RunConfig:
@@ -294,33 +293,28 @@ def _check_ranges(cfg: RunConfig) -> None:
 
 # ---- resolution (derived keys) -----------------------------------------------------------
 def resolve_config(cfg: RunConfig, vocab_size: int, seq_len: int, check: bool = True) -> RunConfig:
-    """Fill data.seed, model.vocab_size / l_max (from the data) and every model default.
+    """Fill data.seed and model.vocab_size / l_max (from the data); the typed model config
+    already holds every other model default (d_inner: 4 · d_model).
     `check=False` skips the checks against the data (for a stored, already resolved config)."""
     cfg = copy.deepcopy(cfg)
     if cfg.data.seed is None:
         cfg.data.seed = cfg.seed
-    m = dict(cfg.model)
-    if m.get("vocab_size") is None:
-        m["vocab_size"] = vocab_size
-    elif check and m["vocab_size"] < vocab_size:
-        raise UserError(f"model.vocab_size={m['vocab_size']} is smaller than the data's {vocab_size} tokens; "
+    m = cfg.model
+    if m.vocab_size is None:
+        m.vocab_size = vocab_size
+    elif check and m.vocab_size < vocab_size:
+        raise UserError(f"model.vocab_size={m.vocab_size} is smaller than the data's {vocab_size} tokens; "
                         "drop it (it is derived) or raise it")
-    if m.get("l_max") is None:
-        m["l_max"] = seq_len
-    elif check and m["l_max"] < seq_len:
-        raise UserError(f"model.l_max={m['l_max']} is shorter than the sequence length {seq_len}; "
+    if m.l_max is None:
+        m.l_max = seq_len
+    elif check and m.l_max < seq_len:
+        raise UserError(f"model.l_max={m.l_max} is shorter than the sequence length {seq_len}; "
                         "drop it (it is derived) or raise it")
-    spec = _model_fields(m["kind"])
-    for k, (_, default) in spec.items():
-        m.setdefault(k, default)
-    if m.get("d_inner") is None:
-        m["d_inner"] = 4 * m["d_model"]
-    cfg.model = {"kind": m.pop("kind"), "causal": m.pop("causal"), **dict(sorted(m.items()))}
     return cfg
 
 
 def model_build_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dict(cfg.model)
+    return cfg.model.to_dict()
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from models.config.schema import validate_config
 from models.errors import UserError
 
 
@@ -118,7 +119,5 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_config(name_or_path: str, overrides: list[str] | None = None):
     """Read a preset or YAML file, apply dotted overrides, validate."""
-    from models.config.schema import validate_config
-
     raw, _ = read_config_source(name_or_path)
     return validate_config(apply_overrides(raw, list(overrides or [])))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config.source import parse_yaml, read_config_source
+from models.config.schema import config_keys, validate_config
 from models.errors import UserError
 
 SWEEP_FORMAT = "hyenalens-sweep/1"
@@ -236,8 +237,6 @@ def _fmt(v: Any) -> str:
 
 
 def _check_grid_keys(spec: SweepSpec) -> None:
-    from models.config.schema import config_keys
-
     kinds = {str((r.config.get("model") or {}).get("kind", "hyena")) for r in spec.regimes}
     known = {k: config_keys(k) for k in kinds}
     for key, _ in spec.grid:
@@ -258,8 +257,6 @@ def expand(spec: SweepSpec) -> list[Point]:
     """Every run of the sweep, in order regimes × grid × seeds, each config validated.
     Names: `<regime>[__<key>=<value>...]__s<seed>` (key: the last part of the dotted key,
     or all of it where two axes share that part)."""
-    from models.config.schema import validate_config
-
     if not spec.regimes or not spec.seeds:
         raise UserError("the sweep is empty (no regimes or no seeds); give at least one of each")
     for key, values in spec.grid:

@@ -14,10 +14,22 @@ import torch
 from torch import Tensor
 
 from models.config.schema import RunConfig
+from models.data.mqar import mqar_dataset
+from models.data.synthetics import ICLData, icl_dataset
 from models.errors import UserError
 
 IGNORE_INDEX = -100
-TASK_METHOD = {"ar": "assoc_recall", "ih": "induction_head"}
+
+# The task registry: data.task → its generator, called with (data config, train count, test
+# count, seed). One entry per task; `generate` looks the task up here.
+TASKS = {
+    "ar": lambda d, n, m, seed: icl_dataset("assoc_recall", d.vocab_size, d.input_seq_len, n, m, seed,
+                                            remove_overlap=d.remove_overlap),
+    "ih": lambda d, n, m, seed: icl_dataset("induction_head", d.vocab_size, d.input_seq_len, n, m, seed,
+                                            remove_overlap=d.remove_overlap),
+    "mqar": lambda d, n, m, seed: mqar_dataset(d.vocab_size, d.input_seq_len, d.num_kv_pairs, n, m, seed,
+                                               remove_overlap=d.remove_overlap),
+}
 
 # tags that keep the derived seeds of different uses apart
 TAG_ORDER, TAG_DROPOUT, TAG_FRESH = 1, 2, 3
@@ -29,23 +41,14 @@ def derive_seed(*parts: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def generate(cfg: RunConfig, seed: int, num_examples: int | None = None, num_test_examples: int | None = None):
+def generate(cfg: RunConfig, seed: int, num_examples: int | None = None,
+             num_test_examples: int | None = None) -> ICLData:
     """The run's dataset (or, with other counts/seed, a fresh train set)."""
     d = cfg.data
     n = d.num_examples if num_examples is None else num_examples
     m = d.num_test_examples if num_test_examples is None else num_test_examples
     try:
-        if d.task == "mqar":
-            try:
-                from models.data.mqar import mqar_dataset
-            except ImportError:  # before the split into models/mqar.py
-                from models.data.synthetics import mqar_dataset
-            return mqar_dataset(d.vocab_size, d.input_seq_len, d.num_kv_pairs, n, m, seed,
-                                remove_overlap=d.remove_overlap)
-        from models.data.synthetics import icl_dataset
-
-        return icl_dataset(TASK_METHOD[d.task], d.vocab_size, d.input_seq_len, n, m, seed,
-                           remove_overlap=d.remove_overlap)
+        return TASKS[d.task](d, n, m, seed)
     except UserError as e:
         raise UserError(f"impossible dataset (data.task={d.task}): {e}") from None
 

@@ -12,7 +12,6 @@ ordering computes the same stream. The MLP is Linear → GELU(tanh) → Linear w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -24,68 +23,11 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from models.hyena.hooks import hook_idle
+from models.config.model import HyenaConfig  # defined with the run configs (torch-free); re-exported
+from models.hyena.hooks import hook_idle, lm_hook_names, split_caching_hooks
 from models.hyena.operator import HyenaOperator
-
-
-@dataclass
-class HyenaConfig:
-    """One flat config for `HyenaLM`. Defaults are safari's synthetics settings (the shared
-    fixture's `model` section): emb_dim 5, filter_order 64, w 10, frozen positional embedding."""
-
-    vocab_size: int = 10
-    d_model: int = 64
-    n_layers: int = 2
-    d_inner: int | None = None  # None: 4 · d_model, as safari
-    order: int = 2
-    causal: bool = True
-    l_max: int = 66
-    filter_order: int = 64
-    emb_dim: int = 5
-    w: float = 10.0
-    num_inner_mlps: int = 2
-    short_filter_order: int = 3
-    modulate: bool = True
-    fast_decay_pct: float = 0.3
-    slow_decay_pct: float = 1.5
-    target: float = 1e-2
-    shift: float = 0.0
-    normalized: bool = False
-    filter_bias: bool = True
-    lr_pos_emb: float = 0.0
-    modulation_lr: float = 0.0
-    dropout: float = 0.0
-    filter_dropout: float = 0.0
-    activation: str = "id"
-    embed_dropout: float = 0.1
-    resid_dropout: float = 0.0
-    layer_norm_epsilon: float = 1e-5
-    max_position_embeddings: int = 0  # > 0: learned absolute positions
-    initializer_range: float = 0.02
-
-    def __post_init__(self):
-        if self.d_inner is None:
-            self.d_inner = 4 * self.d_model
-
-    def operator_kwargs(self) -> dict[str, Any]:
-        kw = {k: v for k, v in asdict(self).items() if k in _OPERATOR_FIELDS}
-        kw["bias"] = self.filter_bias
-        return kw
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "HyenaConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown HyenaConfig key(s): {', '.join(unknown)}")
-        return cls(**d)
-
-
-_OPERATOR_FIELDS = {
-    "d_model", "l_max", "order", "filter_order", "emb_dim", "w", "num_inner_mlps",
-    "short_filter_order", "modulate", "fast_decay_pct", "slow_decay_pct", "target", "shift",
-    "normalized", "lr_pos_emb", "modulation_lr", "dropout", "filter_dropout", "activation", "causal",
-}
+from models.safari.conversion import lm_config_from_safari, lm_state_from_safari
+from models.safari.conversion import load_aligned
 
 
 class LayerNorm(nn.Module):
@@ -97,7 +39,7 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
         self.bias = nn.Parameter(torch.zeros(d))
-        self.hook_normalized = HookPoint()
+        self.hook_normalized = HookPoint()  # [b, L, d]
 
     def forward(self, x: Float[Tensor, "b L d"]) -> Float[Tensor, "b L d"]:
         if hook_idle(self.hook_normalized):  # one fused kernel (2.5x faster fwd+bwd, BENCHMARKS.md)
@@ -111,8 +53,8 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_inner)
         self.fc2 = nn.Linear(d_inner, d_model)
-        self.hook_pre = HookPoint()
-        self.hook_post = HookPoint()
+        self.hook_pre = HookPoint()  # [b, L, d_inner]
+        self.hook_post = HookPoint()  # [b, L, d_inner]
 
     def forward(self, x: Tensor) -> Tensor:
         pre = self.hook_pre(self.fc1(x))
@@ -128,8 +70,12 @@ class HyenaBlock(nn.Module):
         self.mlp = MLP(cfg.d_model, cfg.d_inner)
         self.drop_mixer = nn.Dropout(cfg.resid_dropout)
         self.drop_mlp = nn.Dropout(cfg.resid_dropout)
-        for name in ("resid_pre", "mixer_out", "resid_mid", "mlp_out", "resid_post"):
-            setattr(self, f"hook_{name}", HookPoint())
+        # the blocks.{l}. rows of models/hyena/hooks.py's HOOKS
+        self.hook_resid_pre = HookPoint()  # [b, L, d]
+        self.hook_mixer_out = HookPoint()  # [b, L, d]
+        self.hook_resid_mid = HookPoint()  # [b, L, d]
+        self.hook_mlp_out = HookPoint()  # [b, L, d]
+        self.hook_resid_post = HookPoint()  # [b, L, d]
 
     def forward(self, x: Float[Tensor, "b L d"]) -> Float[Tensor, "b L d"]:
         x = self.hook_resid_pre(x)
@@ -160,10 +106,10 @@ class HyenaLM(HookedRootModule):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.hook_embed = HookPoint()
+        self.hook_embed = HookPoint()  # [b, L, d]
         if cfg.max_position_embeddings > 0:
             self.pos_embed = nn.Embedding(cfg.max_position_embeddings, cfg.d_model)
-            self.hook_pos_embed = HookPoint()
+            self.hook_pos_embed = HookPoint()  # [L, d]: no batch axis
         self.drop_embed = nn.Dropout(cfg.embed_dropout)
         self.blocks = nn.ModuleList(HyenaBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
@@ -180,12 +126,15 @@ class HyenaLM(HookedRootModule):
             x = block(x)
         return F.linear(self.ln_final(x), self.embed.weight)  # tied head
 
+    def hook_names(self) -> list[str]:
+        """Every hook name, in forward order: models/hyena/hooks.py's `HOOKS` for this model."""
+        c = self.cfg
+        return lm_hook_names(c.n_layers, c.order, c.causal, learned_pos=c.max_position_embeddings > 0)
+
     # Filter hooks have no batch axis, and TL slices names ending in `hook_v` on dim −3 (its
     # attention layout); both are cached here by our own rule instead.
     def get_caching_hooks(self, names_filter=None, incl_bwd=False, device=None,
                           remove_batch_dim=False, cache=None, pos_slice=None):
-        from models.hyena.hooks import split_caching_hooks
-
         return split_caching_hooks(
             super().get_caching_hooks, self.hook_dict, names_filter, incl_bwd, device,
             remove_batch_dim, cache, pos_slice,
@@ -195,9 +144,6 @@ class HyenaLM(HookedRootModule):
     def from_safari(cls, state_dict: dict[str, Tensor], model_config: dict[str, Any]) -> "HyenaLM":
         """Load a safari `SimpleLMHeadModel` state dict; `model_config` is the `model`
         section of safari's config. Keys are aligned with asserted shapes."""
-        from models.safari.conversion import lm_config_from_safari, lm_state_from_safari
-        from models.safari.conversion import load_aligned
-
         model = cls(lm_config_from_safari(model_config))
         load_aligned(model, lm_state_from_safari(state_dict), source="safari SimpleLMHeadModel")
         return model

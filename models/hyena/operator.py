@@ -17,7 +17,8 @@ prime factors above 13 (`fftconv.fft_size`), and in eval without gradients the m
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -26,9 +27,13 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from models.config.model import SAFARI_OPERATOR_DEFAULTS
+from models.errors import UserError
 from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
 from models.hyena.filter_cache import FilterCache
 from models.hyena.filters import HyenaFilter
+from models.hyena.hooks import mixer_hook_names
+from models.safari.conversion import operator_kwargs_from_safari, load_aligned
 
 
 def _sqrelu(x: Tensor) -> Tensor:
@@ -86,37 +91,68 @@ def _untouched(out: Tensor, given: Tensor) -> bool:
     return out is given and given._version == 0
 
 
+@dataclass(frozen=True)
+class ChannelLayout:
+    """The operator's (N+1)·d projected channels (`hook_in_proj`, `hook_short`, the short conv's
+    weight rows) and the short conv's window, as `forward` reads them. Fields:
+
+    d:      channels per block (d_model)
+    order:  N; the blocks in channel order are x^0 … x^{N−1}, then v (`blocks`)
+    kernel: k, the short conv's kernel size
+    pad:    its padding: stream position t reads inputs t − pad … t − pad + k − 1 (zero outside
+            0 … L−1); causal pad = k − 1, non-causal centered pad = (k − 1)//2
+    """
+
+    d: int
+    order: int
+    kernel: int
+    pad: int
+
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """Block names in channel order, as their hooks are named: gate_0 … gate_{N−1}, v."""
+        return tuple(f"gate_{i}" for i in range(self.order)) + ("v",)
+
+    def block(self, name: str) -> slice:
+        """The channels of block `name` (one of `blocks`) in the (N+1)·d layout."""
+        if name not in self.blocks:
+            raise UserError(f"no channel block {name!r}; the blocks are {', '.join(self.blocks)}")
+        j = self.blocks.index(name)
+        return slice(j * self.d, (j + 1) * self.d)
+
+
 class HyenaOperator(nn.Module):
     """Hyena mixer of any order N ≥ 2, causal or non-causal, with TransformerLens hooks.
 
-    Hooks (shapes with positions on dim −2; see docs/architecture.md): `hook_in_proj`,
-    `hook_short`, `hook_gate_{i}`, `hook_v`, `hook_filter` [N−1, d, L] (lag k at index k),
-    `hook_filter_rev` (non-causal; lag −k at index k, index 0 zero), `hook_conv_{o}`, `hook_y`.
+    Hooks: names, shapes and meanings are the `blocks.{l}.mixer.` rows of models/hyena/hooks.py's
+    `HOOKS` (docs/architecture.md, "Hook names"); `hook_names()` lists them. The channel layout
+    and the short conv's window are `layout()`; one block's short-conv taps are `short_taps`.
     """
 
     def __init__(
         self,
         d_model: int,
         l_max: int,
-        order: int = 2,
-        filter_order: int = 64,
-        emb_dim: int = 3,
-        w: float = 1.0,
-        num_inner_mlps: int = 2,
-        short_filter_order: int = 3,
-        modulate: bool = True,
-        fast_decay_pct: float = 0.3,
-        slow_decay_pct: float = 1.5,
-        target: float = 1e-2,
-        shift: float = 0.0,
-        normalized: bool = False,
-        bias: bool = True,
-        lr_pos_emb: float = 1e-5,
-        modulation_lr: float = 0.0,
-        dropout: float = 0.0,
-        filter_dropout: float = 0.0,
-        activation: str | None = "id",
-        causal: bool = True,
+        # safari's constructor defaults, from their one table (models/config/model.py)
+        order: int = SAFARI_OPERATOR_DEFAULTS["order"],
+        filter_order: int = SAFARI_OPERATOR_DEFAULTS["filter_order"],
+        emb_dim: int = SAFARI_OPERATOR_DEFAULTS["emb_dim"],
+        w: float = SAFARI_OPERATOR_DEFAULTS["w"],
+        num_inner_mlps: int = SAFARI_OPERATOR_DEFAULTS["num_inner_mlps"],
+        short_filter_order: int = SAFARI_OPERATOR_DEFAULTS["short_filter_order"],
+        modulate: bool = SAFARI_OPERATOR_DEFAULTS["modulate"],
+        fast_decay_pct: float = SAFARI_OPERATOR_DEFAULTS["fast_decay_pct"],
+        slow_decay_pct: float = SAFARI_OPERATOR_DEFAULTS["slow_decay_pct"],
+        target: float = SAFARI_OPERATOR_DEFAULTS["target"],
+        shift: float = SAFARI_OPERATOR_DEFAULTS["shift"],
+        normalized: bool = SAFARI_OPERATOR_DEFAULTS["normalized"],
+        bias: bool = SAFARI_OPERATOR_DEFAULTS["bias"],
+        lr_pos_emb: float = SAFARI_OPERATOR_DEFAULTS["lr_pos_emb"],
+        modulation_lr: float = SAFARI_OPERATOR_DEFAULTS["modulation_lr"],
+        dropout: float = SAFARI_OPERATOR_DEFAULTS["dropout"],
+        filter_dropout: float = SAFARI_OPERATOR_DEFAULTS["filter_dropout"],
+        activation: str | None = SAFARI_OPERATOR_DEFAULTS["activation"],
+        causal: bool = SAFARI_OPERATOR_DEFAULTS["causal"],
     ):
         super().__init__()
         if order < 2:
@@ -147,24 +183,40 @@ class HyenaOperator(nn.Module):
         self.activation = make_activation(activation)
         self._filter_cache = FilterCache()
 
-        self.hook_in_proj = HookPoint()
-        self.hook_short = HookPoint()
+        # the rows of models/hyena/hooks.py's HOOKS; the per-order ones need a loop
+        self.hook_in_proj = HookPoint()  # [b, L, (N+1)·d]
+        self.hook_short = HookPoint()  # [b, L, (N+1)·d]
         for i in range(order):
-            setattr(self, f"hook_gate_{i}", HookPoint())
-        self.hook_v = HookPoint()
-        self.hook_filter = HookPoint()
+            setattr(self, f"hook_gate_{i}", HookPoint())  # hook_gate_{i}: [b, L, d], gate x^i
+        self.hook_v = HookPoint()  # [b, L, d]
+        self.hook_filter = HookPoint()  # [N−1, d, L]
         if not causal:
-            self.hook_filter_rev = HookPoint()
+            self.hook_filter_rev = HookPoint()  # [N−1, d, L]
         for o in range(order - 1):
-            setattr(self, f"hook_conv_{o}", HookPoint())
-        self.hook_y = HookPoint()
+            setattr(self, f"hook_conv_{o}", HookPoint())  # hook_conv_{o}: [b, L, d], long conv o
+        self.hook_y = HookPoint()  # [b, L, d]
 
     def hook_names(self) -> list[str]:
         """Local hook names, in forward order (the LM prefixes `blocks.{l}.mixer.`)."""
-        names = ["hook_in_proj", "hook_short"]
-        names += [f"hook_gate_{i}" for i in range(self.order)] + ["hook_v", "hook_filter"]
-        names += [] if self.causal else ["hook_filter_rev"]
-        return names + [f"hook_conv_{o}" for o in range(self.order - 1)] + ["hook_y"]
+        return mixer_hook_names(self.order, self.causal)
+
+    # ---- channel layout -------------------------------------------------------------------
+    def layout(self) -> ChannelLayout:
+        """Which projected channels are x^0 … x^{N−1} and v, and the short conv's window."""
+        conv = self.short_filter
+        if conv.dilation[0] != 1 or conv.stride[0] != 1:
+            raise UserError("the short conv must have stride 1 and dilation 1")
+        return ChannelLayout(self.d_model, self.order, int(conv.weight.shape[-1]), int(conv.padding[0]))
+
+    def short_taps(self, block: str = "v") -> tuple[Float[Tensor, "d k"], Float[Tensor, "d"]]:
+        """The short conv's taps [d, k] and bias [d] of one channel block (`layout().blocks`):
+        views of the parameters that `forward` reads (detach to read them; a missing bias is
+        zeros). Output channel c at stream position t is bias[c] + Σ_m taps[c, m] ·
+        in[t − pad + m, c]."""
+        conv, rows = self.short_filter, self.layout().block(block)
+        taps = conv.weight[rows, 0, :]  # [(N+1)·d, 1, k] → [d, k]
+        bias = conv.bias[rows] if conv.bias is not None else taps.new_zeros(self.d_model)
+        return taps, bias
 
     # ---- filters --------------------------------------------------------------------------
     def _split_orders(self, h: Float[Tensor, "dn L"]) -> Float[Tensor, "n d L"]:
@@ -190,27 +242,44 @@ class HyenaOperator(nn.Module):
         mods = [self.filter_fn] + ([] if self.causal else [self.filter_fn_rev])
         return [t for m in mods for t in (*m.parameters(), *m.buffers())]
 
-    def _long_filters(self, L: int, n: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """(h, h_rev, spectrum of their circular kernel or None) for one forward.
+    def _long_conv(self, L: int) -> Callable[[int, Tensor], Tensor]:
+        """`conv(o, z) = h^o ∗ z + D^o ⊙ z` for one forward at length L, z [b, L, d]: the long
+        filters, passed through `hook_filter` (and `hook_filter_rev`), as the FFT reads them.
 
-        With gradients (or in train mode) the filters are re-materialized, as safari does.
-        In eval without gradients they come from the cache, which re-checks every filter
-        tensor by identity and content (a changed parameter, a reloaded state dict, a `.data`
-        write all miss) and hands out fresh copies, so a hook that edits them in place cannot
-        corrupt it."""
+        The filter-cache choice lives here. With gradients (or in train mode) the filters are
+        re-materialized, as safari does. In eval without gradients they and their spectra come
+        from the cache (models/filter_cache.py), which re-checks every filter tensor by identity
+        and content (a changed parameter, a reloaded state dict, a `.data` write all miss) and
+        hands the hooks fresh copies, so a hook that edits them in place cannot corrupt it; a
+        hook that edited or replaced its copy has that filter used instead of the cached
+        spectrum. With gradients the convolution takes the time-domain kernel (differentiable),
+        else a spectrum."""
+        n = fft_size(L)
         if self.training or torch.is_grad_enabled():
-            return self.filters(L), (None if self.causal else self.filters_rev(L)), None
-        # normal tensors even under inference_mode: the hook check below reads their versions
-        with torch.inference_mode(False), torch.no_grad():
-            tensors = self._filter_tensors()
-            hit = self._filter_cache.get((L, n), tensors)
-            if hit is None:
-                h = self.filters(L).contiguous()
-                h_rev = None if self.causal else self.filters_rev(L).contiguous()
-                hit = (h, h_rev, torch.fft.rfft(circular_kernel(h, h_rev, n), n=n))
-                self._filter_cache.put((L, n), tensors, hit)
-            h, h_rev, spec = hit
-            return h.clone(), (None if h_rev is None else h_rev.clone()), spec
+            h0, h_rev0, spec = self.filters(L), (None if self.causal else self.filters_rev(L)), None
+        else:
+            # normal tensors even under inference_mode: the hook check below reads their versions
+            with torch.inference_mode(False), torch.no_grad():
+                tensors = self._filter_tensors()
+                hit = self._filter_cache.get((L, n), tensors)
+                if hit is None:
+                    h = self.filters(L).contiguous()
+                    h_rev = None if self.causal else self.filters_rev(L).contiguous()
+                    hit = (h, h_rev, torch.fft.rfft(circular_kernel(h, h_rev, n), n=n))
+                    self._filter_cache.put((L, n), tensors, hit)
+                h, h_rev, spec = hit
+                h0, h_rev0 = h.clone(), (None if h_rev is None else h_rev.clone())
+        h = self.hook_filter(h0)  # [N−1, d, L]: lag k at index k
+        h_rev = None if self.causal else self.hook_filter_rev(h_rev0)  # [N−1, d, L]: lag −k at k
+        if spec is not None and not (_untouched(h, h0) and (h_rev is None or _untouched(h_rev, h_rev0))):
+            spec = None  # a hook replaced or edited a filter: use what it gave
+        D = self.skip_bias()  # [N−1, d]
+        if torch.is_grad_enabled():
+            k = circular_kernel(h, h_rev, n)  # [N−1, d, n]
+            return lambda o, z: fft_conv(z, D[o], k=k[o])
+        if spec is None:
+            spec = torch.fft.rfft(circular_kernel(h, h_rev, n), n=n)  # [N−1, d, n//2+1]
+        return lambda o, z: fft_conv(z, D[o], spectrum=spec[o])
 
     def train(self, mode: bool = True) -> "HyenaOperator":
         self._filter_cache.clear()
@@ -229,29 +298,17 @@ class HyenaOperator(nn.Module):
         L = u.shape[-2]
         if L > self.l_max:
             raise ValueError(f"sequence length {L} exceeds l_max {self.l_max}; build with l_max >= {L}")
-        d, N = self.d_model, self.order
-        z = self.hook_in_proj(self.in_proj(u))  # [b, L, (N+1)d]
-        conv = self.short_filter
-        zc = self.hook_short(short_conv(z, conv.weight, conv.bias, conv.padding[0]))  # [b, L, (N+1)d]
-        *xs, v = zc.split(d, dim=-1)
+        N, conv = self.order, self.short_filter
+        u = self.hook_in_proj(self.in_proj(u))  # [b, L, (N+1)·d]
+        u = self.hook_short(short_conv(u, conv.weight, conv.bias, conv.padding[0]))  # [b, L, (N+1)·d]
+        *xs, v = u.split(self.d_model, dim=-1)  # N+1 × [b, L, d]: x^0 … x^{N−1}, v (`layout()`)
         xs = [getattr(self, f"hook_gate_{i}")(x) for i, x in enumerate(xs)]
-        v = self.hook_v(v)
-        n = fft_size(L)
-        h0, h_rev0, spec = self._long_filters(L, n)
-        h = self.hook_filter(h0)
-        h_rev = None if self.causal else self.hook_filter_rev(h_rev0)
-        if spec is not None and not (_untouched(h, h0) and (h_rev is None or _untouched(h_rev, h_rev0))):
-            spec = None  # a hook replaced or edited a filter: use what it gave
-        D = self.skip_bias()
-        if torch.is_grad_enabled():
-            k, spec = circular_kernel(h, h_rev, n), None
-        elif spec is None:
-            spec = torch.fft.rfft(circular_kernel(h, h_rev, n), n=n)
+        z = self.hook_v(v)  # [b, L, d]
+        conv_long = self._long_conv(L)  # fires hook_filter (and hook_filter_rev)
         for o in range(N - 1):
-            v = self.dropout(v * xs[N - 1 - o])
-            v = fft_conv(v, D[o], k=k[o]) if spec is None else fft_conv(v, D[o], spectrum=spec[o])
-            v = getattr(self, f"hook_conv_{o}")(v)
-        y = self.hook_y(v * xs[0])
+            z = self.dropout(z * xs[N - 1 - o])  # z ← x^{N−1−o} ⊙ z (dropout: safari's)
+            z = getattr(self, f"hook_conv_{o}")(conv_long(o, z))  # z ← h^o ∗ z + D^o ⊙ z
+        y = self.hook_y(z * xs[0])  # [b, L, d]: x^0 ⊙ z
         return self.out_proj(self.activation(y))
 
     # ---- safari import --------------------------------------------------------------------
@@ -262,8 +319,6 @@ class HyenaOperator(nn.Module):
         Every kwarg that changes the math is honored; options HyenaLens does not implement
         are refused by name (never silently ignored). Keys and shapes are checked one by one.
         """
-        from models.safari.conversion import operator_kwargs_from_safari, load_aligned
-
         op = cls(**operator_kwargs_from_safari(safari_kwargs))
         load_aligned(op, state_dict, source="safari HyenaOperator")
         return op

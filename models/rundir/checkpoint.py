@@ -12,7 +12,6 @@ once it is listed there. Loading reads safetensors only (no unpickling).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.errors import UserError
-from models.rundir.io import atomic_save_tensors, atomic_write_json, load_tensors
+from models.rundir.io import atomic_save_tensors, load_tensors
+# the names and the index belong to the layout (torch-free); re-exported for the trainer
+from models.rundir.layout import INDEX_FORMAT, checkpoint_name, read_index, state_name, write_index  # noqa: F401
+from models.safari.conversion import load_aligned
 
 CHECKPOINT_FORMAT = "hyenalens-checkpoint/1"
-INDEX_FORMAT = "hyenalens-checkpoint-index/1"
 STATE_FORMAT = "hyenalens-resume-state/1"
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:08d}.safetensors"
-
-
-def state_name(step: int) -> str:
-    return f"resume_{step:08d}.safetensors"
 
 
 def save_checkpoint(path: Path, model: nn.Module, *, step: int, epoch: float, kind: str,
@@ -46,8 +39,6 @@ def save_checkpoint(path: Path, model: nn.Module, *, step: int, epoch: float, ki
 def load_checkpoint(path: Path, model: nn.Module, *, kind: str, config_hash: str | None = None) -> dict[str, Any]:
     """Load weights into `model` after checking the file's kind, keys and shapes (and the
     config hash when given). Any mismatch is a one-line UserError."""
-    from models.safari.conversion import load_aligned
-
     tensors, meta = load_tensors(path)
     got_kind = meta.get("kind")
     if got_kind is not None and got_kind != kind:
@@ -58,24 +49,6 @@ def load_checkpoint(path: Path, model: nn.Module, *, kind: str, config_hash: str
         raise UserError(f"checkpoint {path} was written under another config (hash {meta.get('config_hash')}, "
                         f"this run's is {config_hash}); use the run directory it came from")
     return meta
-
-
-def read_index(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}); it is damaged: delete the run "
-                        "directory or restore the file") from None
-    if not isinstance(index, dict) or not isinstance(index.get("checkpoints"), list):
-        raise UserError(f"{path} is not a checkpoint index; delete the run directory or restore the file")
-    return index
-
-
-def write_index(path: Path, config_hash: str, entries: list[dict[str, Any]]) -> None:
-    atomic_write_json(path, {"format": INDEX_FORMAT, "config_hash": config_hash,
-                             "checkpoints": sorted(entries, key=lambda e: e["step"])})
 
 
 def save_state(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:

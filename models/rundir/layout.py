@@ -1,40 +1,221 @@
-"""A run directory (layout: docs/architecture.md, "Run-directory format"): paths, the writer
-lock, provenance, and the clean-up that makes a resumed run continue from its latest complete
-checkpoint.
+"""A run directory (layout: docs/architecture.md, "Run-directory format"): the one owner of
+its paths, of what "is a run" means, of its parsed config, checkpoints by step, captured steps
+and the one rule for whether an output is stale; the writer lock; provenance; and the clean-up
+that makes a resumed run continue from its latest complete checkpoint.
+
+Nothing here imports torch (the report reads run directories without it): the config schema
+is torch-free, and the capture reader uses safetensors' numpy view.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from safetensors import SafetensorError, safe_open
+
+from models.config.schema import validate_config
+from models.config.source import parse_yaml
 from models.errors import UserError
-from models.rundir.io import read_jsonl, rewrite_jsonl
+from models.rundir.io import atomic_write_json, decode_metadata, read_jsonl, rewrite_jsonl
+from models.rundir.lock import RunLock
 
 RUN_FORMAT = "hyenalens-run/1"
+INDEX_FORMAT = "hyenalens-checkpoint-index/1"
+_STEP_RE = re.compile(r"^([a-z]+)_(\d+)\.[a-z]+$")
+
+
+# ---- names by step -------------------------------------------------------------------------
+def step_name(step: int, suffix: str = ".safetensors", prefix: str = "step") -> str:
+    """The one spelling of a per-step file name: `{prefix}_{step:08d}{suffix}`."""
+    return f"{prefix}_{int(step):08d}{suffix}"
+
+
+def step_glob(suffix: str = ".safetensors", prefix: str = "step") -> str:
+    """The glob pattern matching every `step_name(…, suffix, prefix)`."""
+    return f"{prefix}_*{suffix}"
+
+
+def step_of(path: str | os.PathLike, prefix: str = "step") -> int | None:
+    """The step of a per-step file name (`step_name`'s inverse), None for any other name."""
+    m = _STEP_RE.match(Path(path).name)
+    return int(m.group(2)) if m and m.group(1) == prefix else None
+
+
+def checkpoint_name(step: int) -> str:
+    return step_name(step)
+
+
+def state_name(step: int) -> str:
+    return step_name(step, prefix="resume")
+
+
+CAPTURE_MAP_PREFIX = "example_map."
+
+
+def capture_map_key(layer: int) -> str:
+    """The tensor of a capture file holding layer `layer`'s map of the report's example."""
+    return f"{CAPTURE_MAP_PREFIX}blocks.{int(layer)}"
+
+
+# ---- staleness -----------------------------------------------------------------------------
+def is_stale(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> bool:
+    """The one freshness rule for derived files: `output` is stale when it is missing or any
+    existing input was modified after it (mtime in ns; an equal time counts as fresh)."""
+    out = Path(output)
+    if not out.is_file():
+        return True
+    stamp = out.stat().st_mtime_ns
+    return any(Path(p).is_file() and Path(p).stat().st_mtime_ns > stamp for p in inputs)
+
+
+# ---- the checkpoint index ------------------------------------------------------------------
+def read_index(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); it is damaged: delete the run "
+                        "directory or restore the file") from None
+    if not isinstance(index, dict) or not isinstance(index.get("checkpoints"), list):
+        raise UserError(f"{path} is not a checkpoint index; delete the run directory or restore the file")
+    return index
+
+
+def write_index(path: Path, config_hash: str, entries: list[dict[str, Any]]) -> None:
+    atomic_write_json(path, {"format": INDEX_FORMAT, "config_hash": config_hash,
+                             "checkpoints": sorted(entries, key=lambda e: e["step"])})
 
 
 class RunDir:
+    """Every path of a run directory, and the facts read from them."""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.config = self.root / "config.yaml"
         self.run_json = self.root / "run.json"
         self.metrics = self.root / "metrics.jsonl"
+        self.safari_metrics = self.root / "safari_metrics.json"
         self.checkpoints = self.root / "checkpoints"
         self.index = self.checkpoints / "index.json"
         self.state = self.root / "state"
+        self.capture = self.root / "capture"
+        self.probe_set = self.capture / "probe_set.safetensors"
+        self.analysis = self.root / "analysis"
+        self.metrics_csv = self.analysis / "metrics.csv"
+        self.metrics_parts = self.analysis / "metrics_parts"
+        self.source_example = self.analysis / "source_example.json"
+        self.formation = self.analysis / "formation.json"
         self.lock_path = self.root / "LOCK"
 
+    # ---- paths by step -------------------------------------------------------------------
+    def checkpoint_file(self, step: int) -> Path:
+        return self.checkpoints / checkpoint_name(step)
+
+    def state_file(self, step: int) -> Path:
+        return self.state / state_name(step)
+
+    def capture_file(self, step: int) -> Path:
+        return self.capture / step_name(step)
+
+    def part_file(self, step: int) -> Path:
+        """analysis/metrics_parts/step_{step:08d}.json: one checkpoint's metric rows."""
+        return self.metrics_parts / step_name(step, ".json")
+
+    # ---- what it is ----------------------------------------------------------------------
     def is_run(self) -> bool:
+        """A run directory: `hyenalens train` (or import-safari) wrote its config.yaml."""
         return self.config.is_file()
 
+    def evaluated(self) -> bool:
+        """The run has evaluation records (metrics.jsonl): something to analyze or report."""
+        return self.metrics.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        """config.yaml as a mapping (the one parser of it); a missing, unreadable or non-mapping
+        file is a one-line UserError."""
+        if not self.is_run():
+            raise UserError(f"{self.root} is not a run directory (no config.yaml); pass a RUN_DIR made by "
+                            "`hyenalens train`")
+        try:
+            text = self.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {self.config} ({getattr(e, 'strerror', None) or type(e).__name__}); "
+                            "fix the file or its permissions") from None
+        cfg = parse_yaml(text, str(self.config))
+        if cfg is not None and not isinstance(cfg, dict):
+            raise UserError(f"{self.config}: expected a mapping of config keys; fix the file")
+        return cfg or {}
+
+    def run_config(self):
+        """The run's resolved, validated `RunConfig` (models.config.schema)."""
+        return validate_config(self.read_config())
+
+    # ---- checkpoints and captures --------------------------------------------------------
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, weights file) of every complete checkpoint (listed in index.json), in step order."""
+        index = read_index(self.index)
+        if index is None:
+            return []
+        out = []
+        for e in index["checkpoints"]:
+            if isinstance(e, dict) and "step" in e:
+                # `file` is relative to the run directory ("checkpoints/step_….safetensors")
+                name = Path(str(e.get("file") or checkpoint_name(int(e["step"])))).name
+                out.append((int(e["step"]), self.checkpoints / name))
+        return sorted(out)
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of the complete checkpoints whose file is present; with a damaged index, the
+        steps of the checkpoint files."""
+        try:
+            return [s for s, p in self.list_checkpoints() if p.is_file()]
+        except UserError:
+            return self._steps_in(self.checkpoints)
+
+    def captured_steps(self) -> list[int]:
+        """Steps with a capture file (capture/step_*.safetensors), in order."""
+        return self._steps_in(self.capture)
+
+    @staticmethod
+    def _steps_in(folder: Path) -> list[int]:
+        if not folder.is_dir():
+            return []
+        return sorted(s for p in folder.glob(step_glob()) if (s := step_of(p)) is not None)
+
+    def capture_meta(self, step: int) -> dict[str, Any] | None:
+        """A capture file's metadata, or None when it is missing or unreadable."""
+        path = self.capture_file(step)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                return decode_metadata(f.metadata() or {})
+        except Exception:  # noqa: BLE001 - a torn or foreign file is "not captured"
+            return None
+
+    def read_capture(self, step: int, keep=lambda name: True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """numpy arrays (the names `keep` accepts) and metadata of a capture file, read without
+        torch; a bad file is a UserError."""
+        path = self.capture_file(step)
+        if not path.is_file():
+            raise UserError(f"missing file {path}; run `hyenalens capture {self.root}`")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                return ({k: f.get_tensor(k) for k in f.keys() if keep(k)}, decode_metadata(f.metadata() or {}))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"cannot read {path} ({str(e).splitlines()[0]}); delete it and rerun "
+                            f"`hyenalens capture {self.root}`") from None
+
+    # ---- writing -------------------------------------------------------------------------
     def check_usable(self) -> None:
         """Refuse a path that is a file, or a non-empty folder that is not a run directory."""
         if self.root.exists() and not self.root.is_dir():
@@ -57,115 +238,24 @@ class RunDir:
         """Drop what a killed run wrote after its latest complete checkpoint `step` (None: all):
         unlisted checkpoint files, newer resume states, and metrics lines past `step`."""
         if self.checkpoints.is_dir():
-            for p in self.checkpoints.glob("step_*.safetensors"):
+            for p in self.checkpoints.glob(step_glob()):
                 if p.name not in keep_checkpoints:
                     p.unlink()
         if self.state.is_dir():
-            for p in self.state.glob("resume_*.safetensors"):
-                if step is None or _step_of(p) != step:
+            for p in self.state.glob(step_glob(prefix="resume")):
+                if step is None or step_of(p, "resume") != step:
                     p.unlink()
         records = [r for r in read_jsonl(self.metrics) if step is not None and r.get("step", -1) <= step]
         if self.metrics.exists():
             rewrite_jsonl(self.metrics, records)
         return records
 
-    def lock(self) -> "RunLock":
+    def lock(self) -> RunLock:
         return RunLock(self.lock_path)
 
 
 def _leftover(p: Path) -> bool:
     return p.name == "LOCK" or (p.name.startswith(".") and p.name.endswith(".tmp"))
-
-
-def _step_of(p: Path) -> int:
-    try:
-        return int(p.stem.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-# ---- the lock ------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is dead for our purposes
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-class RunLock:
-    """One writer per run directory: `flock` on RUN_DIR/LOCK, which also names its owner
-    (pid, host). A lock whose owner is dead (no flock held, and its pid is gone on this host)
-    is taken over. LOCK is the one file not written by rename: its inode carries the flock."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def _owner(self, fd: int) -> dict[str, Any]:
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            data = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
-            return data if isinstance(data, dict) else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-
-    def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        host, me = socket.gethostname(), os.getpid()
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = self._owner(fd)
-                os.close(fd)
-                raise UserError(f"{self.path.parent} is being trained by another process (pid {owner.get('pid', '?')} "
-                                f"on {owner.get('host', '?')}); wait for it to finish or use another --out") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:  # the previous owner removed the file as we opened it: retry
-                os.close(fd)
-                continue
-            owner = self._owner(fd)
-            pid, owner_host = owner.get("pid"), owner.get("host")
-            if isinstance(pid, int) and pid != me:
-                if owner_host not in (None, host):
-                    os.close(fd)
-                    raise UserError(f"{self.path} is held by pid {pid} on host {owner_host}, which cannot be checked "
-                                    f"from here; if no run uses it there, delete {self.path}")
-                if _pid_alive(pid):
-                    os.close(fd)
-                    raise UserError(f"{self.path} names a live process (pid {pid}); if it is not training "
-                                    f"this run, delete {self.path}")
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, json.dumps({"pid": me, "host": host, "since": time.time()}).encode())
-            os.fsync(fd)
-            self.fd = fd
-            return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                self.path.unlink(missing_ok=True)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 # ---- provenance ----------------------------------------------------------------------------

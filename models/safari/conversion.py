@@ -13,14 +13,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from models.config.model import SAFARI_OPERATOR_DEFAULTS, HyenaConfig
 from models.errors import UserError
 
-# safari HyenaOperator kwargs that change the math, mapped to ours (same names)
-_OPERATOR_MATH = {
-    "order", "filter_order", "emb_dim", "w", "num_inner_mlps", "short_filter_order",
-    "modulate", "fast_decay_pct", "slow_decay_pct", "target", "shift", "normalized", "bias",
-    "lr_pos_emb", "modulation_lr", "dropout", "filter_dropout", "activation",
-}
+# safari HyenaOperator kwargs that change the math, mapped to ours (same names): every key of
+# safari's constructor defaults but `causal`, which is HyenaLens's (safari's is always causal)
+_OPERATOR_MATH = frozenset(SAFARI_OPERATOR_DEFAULTS) - {"causal"}
 # optimizer hints and bookkeeping: they do not change the function the module computes
 _OPERATOR_NO_MATH = {"lr", "wd", "layer_idx", "device", "dtype", "channels", "_name_"}
 # safari options HyenaLens does not implement, with the value that is safe to accept
@@ -124,10 +122,8 @@ _LM_NO_MATH = {"_name_", "residual_in_fp32", "initializer_cfg", "device", "dtype
                "checkpoint_mixer", "return_hidden_state"}
 
 
-def lm_config_from_safari(model_config: dict[str, Any]):
+def lm_config_from_safari(model_config: dict[str, Any]) -> HyenaConfig:
     """`HyenaConfig` from the `model` section of a safari config (`_name_: lm_simple`)."""
-    from models.hyena.lm import HyenaConfig
-
     cfg = dict(model_config)
     name = cfg.pop("_name_", "lm_simple")
     if name != "lm_simple":
@@ -162,11 +158,9 @@ def lm_config_from_safari(model_config: dict[str, Any]):
         raise UserError(f"unknown safari model option(s): {', '.join(unknown)}; remove them or check the spelling")
     op = operator_kwargs_from_safari({"d_model": lm["d_model"], **layer})
     op.pop("d_model")
-    if "bias" in op:
-        op["filter_bias"] = op.pop("bias")
-    # safari's operator defaults, where they differ from HyenaConfig's synthetics defaults
-    for key, safari_default in (("emb_dim", 3), ("w", 1.0), ("lr_pos_emb", 1e-5), ("filter_order", 64)):
-        op.setdefault(key, safari_default)
+    # a key the safari layer omits means safari's default, not HyenaConfig's synthetics one
+    op = {**{k: SAFARI_OPERATOR_DEFAULTS[k] for k in _OPERATOR_MATH}, **op}
+    op["filter_bias"] = op.pop("bias")
     return HyenaConfig(**lm, **op, causal=True)
 
 

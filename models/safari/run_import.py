@@ -19,13 +19,15 @@ from typing import Any
 from tqdm import tqdm
 
 from models.data.batches import generate
-from models.rundir.checkpoint import checkpoint_name, read_index, save_checkpoint, write_index
-from models.config.schema import config_hash, config_yaml, parse_yaml, resolve_config, validate_config
+from models.rundir.checkpoint import save_checkpoint
+from models.config import config_hash, config_yaml, parse_yaml, resolve_config, validate_config
 from models.errors import UserError
 from models.training.evaluate import evaluate, make_eval_set
 from models.rundir.io import atomic_write_json, atomic_write_text, rewrite_jsonl
-from models.rundir.layout import RUN_FORMAT, RunDir, data_provenance, git_revision, versions
+from models.rundir.layout import (RUN_FORMAT, RunDir, data_provenance, git_revision, read_index, versions,
+                                  write_index)
 from models.safari.conversion import lm_config_from_safari, load_state_dict
+from models.hyena.lm import HyenaLM
 
 _TASKS = {"assoc_recall": "ar", "induction_head": "ih"}
 _STEP = re.compile(r"(?:^|[_=-])step[_=]?(\d+)")
@@ -78,8 +80,6 @@ def import_safari(safari_dir: str | Path, out: str | Path, *, trust_pickle: bool
                   quiet: bool = False) -> Path:
     """Write RUN_DIR from a safari run folder; returns RUN_DIR. Rerunning on a finished import
     with the same source is a no-op; any other existing RUN_DIR is refused."""
-    from models.hyena.lm import HyenaLM
-
     src = Path(safari_dir)
     cfg_path = src / "config.yaml"
     if not cfg_path.is_file():
@@ -107,12 +107,13 @@ def import_safari(safari_dir: str | Path, out: str | Path, *, trust_pickle: bool
             epoch = step / steps_per_epoch
             records.append({"step": step, "epoch": epoch, "lr": None, "wall_time": None, "batch_loss": None,
                             **evaluate(model, es)})
-            save_checkpoint(run.checkpoints / checkpoint_name(step), model, step=step, epoch=epoch,
-                            kind="hyena", config_hash=digest, model_config=dict(cfg.model))
-            entries.append({"step": step, "epoch": epoch, "file": f"checkpoints/{checkpoint_name(step)}"})
+            ckpt = run.checkpoint_file(step)
+            save_checkpoint(ckpt, model, step=step, epoch=epoch,
+                            kind="hyena", config_hash=digest, model_config=cfg.model.to_dict())
+            entries.append({"step": step, "epoch": epoch, "file": ckpt.relative_to(run.root).as_posix()})
         rewrite_jsonl(run.metrics, records)
         if (src / "metrics.json").is_file():
-            shutil.copyfile(src / "metrics.json", run.root / "safari_metrics.json")
+            shutil.copyfile(src / "metrics.json", run.safari_metrics)
         atomic_write_json(run.run_json, {
             "format": RUN_FORMAT, "versions": versions(), "git": git_revision(), "seed": cfg.seed,
             "config_hash": digest, "model_kind": "hyena", "imported_from": str(src.resolve()),

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.data.batches import IGNORE_INDEX, loss_targets
+from models.data.synthetics import train_acc_all_ceiling
 
 CHUNK = 250  # examples per forward; fixed, so sums are reproducible
 
@@ -41,8 +42,6 @@ class EvalSet:
 
 
 def make_eval_set(data, loss: str, train_subset: int | None, test_subset: int | None, device) -> EvalSet:
-    from models.data.synthetics import train_acc_all_ceiling
-
     n = data.train_inputs.shape[0] if train_subset is None else min(train_subset, data.train_inputs.shape[0])
     m = data.test_inputs.shape[0] if test_subset is None else min(test_subset, data.test_inputs.shape[0])
     rows = slice(0, n)

@@ -24,8 +24,8 @@ from models.build import build_model
 from models.rundir.checkpoint import (checkpoint_name, load_checkpoint, load_state, read_index, save_checkpoint,
                                save_state, state_name, write_index)
 from models.training.schedule import CheckpointSchedule
-from models.config.schema import (RunConfig, config_diff, config_hash, config_yaml, load_config, parse_yaml,
-                           resolve_config, validate_config)
+from models.config import (RunConfig, apply_overrides, config_diff, config_hash, config_yaml, load_config,
+                           parse_yaml, resolve_config, validate_config)
 from models.errors import UserError
 from models.training.evaluate import EvalSet, evaluate, make_eval_set
 from models.rundir.io import append_jsonl, atomic_write_json, atomic_write_text
@@ -65,8 +65,8 @@ class Trainer:
         self.data = generate(cfg, cfg.data_seed)
         self.cfg = resolve_config(cfg, data_vocab_size(self.data), int(self.data.train_inputs.shape[1]))
         self.hash = config_hash(self.cfg)
-        self.kind = self.cfg.model["kind"]
-        self.model = build_model(dict(self.cfg.model), seed=self.cfg.seed).to(self.device)
+        self.kind = self.cfg.model.kind
+        self.model = build_model(self.cfg.model, seed=self.cfg.seed).to(self.device)
         self.model.train()
         self.batches = Batches(self.cfg, self.data, self.device)
         self.total = self.batches.total_steps
@@ -166,7 +166,7 @@ class Trainer:
         append_jsonl(run.metrics, record)
         self.schedule.observe(step, record)
         save_checkpoint(run.checkpoints / checkpoint_name(step), self.model, step=step, epoch=epoch,
-                        kind=self.kind, config_hash=self.hash, model_config=dict(self.cfg.model))
+                        kind=self.kind, config_hash=self.hash, model_config=self.cfg.model.to_dict())
         tensors, opt_meta = optimizer_tensors(self.opt)
         save_state(run.state / state_name(step), tensors,
                    {"step": step, "epoch": epoch, "config_hash": self.hash, "optimizer": opt_meta,
@@ -254,8 +254,6 @@ def train(config: str | RunConfig | dict, out: str | Path, overrides: list[str] 
     if isinstance(config, RunConfig):
         cfg = config
     elif isinstance(config, dict):
-        from models.config.schema import apply_overrides
-
         cfg = validate_config(apply_overrides(config, list(overrides or [])))
     else:
         cfg = load_config(str(config), overrides)
