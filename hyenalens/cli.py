@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    tune_malloc()  # models/runtime.py: reuse freed activation memory (capture is 1.15x → 1.07x)
+    tune_malloc()  # hyenalens/runtime.py: reuse freed activation memory (capture is 1.15x → 1.07x)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -1,4 +1,4 @@
-"""`hyenalens sweep`: every point of a sweep (models/sweep_spec.py) as a normal run directory.
+"""`hyenalens sweep`: every point of a sweep (models/config/sweep.py) as a normal run directory.
 
     SWEEP_DIR/sweep.json                    the expanded sweep; a rerun must expand to the same points
     SWEEP_DIR/runs/<point>/                 one run directory each: train → capture → probe → analyze

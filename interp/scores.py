@@ -7,7 +7,7 @@ The scores re-normalize rows by the sum of their absolute values by default
 (`normalize=True`), which leaves an already normalized map unchanged, so hand-built or value-
 level maps are scored as shares too.
 
-Role masks are plain bool tensors [batch, L] indexed like the inputs (models/synthetics.py
+Role masks are plain bool tensors [batch, L] indexed like the inputs (models/data/synthetics.py
 `Roles`: key, value, query, match_key, match_value, trigger, copy; `match_index` int64 [batch,
 L]). Nothing here depends on the container type.
 

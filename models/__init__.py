@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "HyenaConfig": "models.hyena.lm", "HyenaLM": "models.hyena.lm", "HyenaOperator": "models.hyena.operator",
+    "HyenaConfig": "models.config.model", "HyenaLM": "models.hyena.lm", "HyenaOperator": "models.hyena.operator",
     "build_model": "models.build", "model_kind": "models.build", "UserError": "models.errors",
     "ICLData": "models.data.synthetics", "Roles": "models.data.synthetics", "icl_dataset": "models.data.synthetics",
     "train_acc_all_ceiling": "models.data.synthetics", "mqar_dataset": "models.data.mqar",

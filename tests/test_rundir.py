@@ -54,19 +54,20 @@ def test_read_config_is_the_one_parser(tmp_path: Path):
 
 
 def test_discover_runs_finds_evaluated_runs_only(tmp_path: Path):
-    def run(p: Path, metrics: bool = True) -> Path:
+    def run(p: Path, metrics: bool = True, config: bool = True) -> Path:
         (p / "checkpoints" / "deep").mkdir(parents=True)
-        (p / "config.yaml").write_text("seed: 0\n")
+        if config:
+            (p / "config.yaml").write_text("seed: 0\n")
         if metrics:
             (p / "metrics.jsonl").write_text('{"step": 0}\n')
         return p
 
     a = run(tmp_path / "sweep" / "runs" / "a")
     run(tmp_path / "sweep" / "runs" / "b", metrics=False)  # started, never evaluated: skipped
-    run(a / "checkpoints" / "deep" / "inner")  # a run's own folders are not searched
-    assert discover_runs([tmp_path / "sweep"]) == [(a, "runs/a")]
+    c = run(tmp_path / "sweep" / "runs" / "c", config=False)  # evaluation records are what counts
+    assert discover_runs([tmp_path / "sweep"]) == [(a, "runs/a"), (c, "runs/c")]
     assert discover_runs([a]) == [(a, "a")]
-    with pytest.raises(UserError, match="no metrics.jsonl yet"):
+    with pytest.raises(UserError, match="holds no metrics.jsonl"):
         discover_runs([tmp_path / "sweep" / "runs" / "b"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="metrics.jsonl"):

@@ -10,9 +10,9 @@ Causal: linear convolution by FFT (size ≥ 2L−1, first L outputs kept; safari
 uses exactly 2L), short conv left-padded. Non-causal: a backward implicit filter covers lags
 −1…−(L−1) (lag 0 stays with the forward filter), and the short conv is centered.
 
-Speed (models/fftconv.py, numbers in BENCHMARKS.md): both convolutions are custom autograd
+Speed (models/hyena/fftconv.py, numbers in BENCHMARKS.md): both convolutions are custom autograd
 Functions in the [b, L, channels] layout, the FFT size is the smallest even n ≥ 2L−1 without
-prime factors above 13 (`fftconv.fft_size`), and in eval without gradients the materialized filters and their spectra are cached (models/filter_cache.py).
+prime factors above 13 (`fftconv.fft_size`), and in eval without gradients the materialized filters and their spectra are cached (models/hyena/filter_cache.py).
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ class HyenaOperator(nn.Module):
 
         The filter-cache choice lives here. With gradients (or in train mode) the filters are
         re-materialized, as safari does. In eval without gradients they and their spectra come
-        from the cache (models/filter_cache.py), which re-checks every filter tensor by identity
+        from the cache (models/hyena/filter_cache.py), which re-checks every filter tensor by identity
         and content (a changed parameter, a reloaded state dict, a `.data` write all miss) and
         hands the hooks fresh copies, so a hook that edits them in place cannot corrupt it; a
         hook that edited or replaced its copy has that filter used instead of the cached

@@ -1,7 +1,7 @@
 """Finding run directories: the command line's RUN_DIR arguments, each a run directory or a
 folder searched (three levels deep) for runs, so a sweep or demo output folder can be passed
-whole. A run is found when it is a run (`RunDir.is_run`: config.yaml) with evaluation records
-(`RunDir.evaluated`: metrics.jsonl), the files `analyze` and `report` read.
+whole. A run is found when it has evaluation records (`RunDir.evaluated`: metrics.jsonl), the
+file `analyze` and `report` start from; its config.yaml is optional for them.
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ MAX_DEPTH = 3
 
 
 def _found(p: Path) -> bool:
-    run = RunDir(p)
-    return run.is_run() and run.evaluated()
+    return RunDir(p).evaluated()
 
 
 def discover_runs(paths: list[str | Path]) -> list[tuple[Path, str]]:
@@ -33,14 +32,11 @@ def discover_runs(paths: list[str | Path]) -> list[tuple[Path, str]]:
         if _found(p):
             out.append((p, p.resolve().name or str(p)))
             continue
-        if RunDir(p).is_run():
-            raise UserError(f"{p} is a run directory without evaluation records (no metrics.jsonl yet); "
-                            "train it first")
         found: list[tuple[Path, str]] = []
         _walk(p, p, 1, found)
         if not found:
-            raise UserError(f"{p} holds no run directory with metrics.jsonl (neither itself nor its subfolders); "
-                            "train a run first")
+            raise UserError(f"{p} holds no metrics.jsonl (neither itself nor its subfolders): it is not a run "
+                            "directory; train a run first")
         out.extend(found)
     seen, uniq = set(), []
     for path, name in out:
@@ -62,5 +58,5 @@ def _walk(root: Path, d: Path, depth: int, found: list) -> None:
     for s in subs:
         if _found(s):
             found.append((s, str(s.relative_to(root))))
-        elif not RunDir(s).is_run():  # a run's own folders hold no runs
+        else:
             _walk(root, s, depth + 1, found)

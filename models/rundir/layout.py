@@ -123,6 +123,10 @@ class RunDir:
     def state_file(self, step: int) -> Path:
         return self.state / state_name(step)
 
+    def index_entry(self, step: int, epoch: float) -> dict[str, Any]:
+        """checkpoints/index.json's record of a checkpoint (`file` relative to the run)."""
+        return {"step": step, "epoch": epoch, "file": self.checkpoint_file(step).relative_to(self.root).as_posix()}
+
     def capture_file(self, step: int) -> Path:
         return self.capture / step_name(step)
 

@@ -110,7 +110,7 @@ def import_safari(safari_dir: str | Path, out: str | Path, *, trust_pickle: bool
             ckpt = run.checkpoint_file(step)
             save_checkpoint(ckpt, model, step=step, epoch=epoch,
                             kind="hyena", config_hash=digest, model_config=cfg.model.to_dict())
-            entries.append({"step": step, "epoch": epoch, "file": ckpt.relative_to(run.root).as_posix()})
+            entries.append(run.index_entry(step, epoch))
         rewrite_jsonl(run.metrics, records)
         if (src / "metrics.json").is_file():
             shutil.copyfile(src / "metrics.json", run.safari_metrics)

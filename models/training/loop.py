@@ -25,7 +25,7 @@ from models.rundir.checkpoint import (checkpoint_name, load_checkpoint, load_sta
                                save_state, state_name, write_index)
 from models.training.schedule import CheckpointSchedule
 from models.config import (RunConfig, apply_overrides, config_diff, config_hash, config_yaml, load_config,
-                           parse_yaml, resolve_config, validate_config)
+                           resolve_config, validate_config)
 from models.errors import UserError
 from models.training.evaluate import EvalSet, evaluate, make_eval_set
 from models.rundir.io import append_jsonl, atomic_write_json, atomic_write_text
@@ -96,11 +96,7 @@ class Trainer:
         run = self.run
         run.cleanup_temp()
         if run.is_run():
-            try:
-                stored_raw = parse_yaml(run.config.read_text(encoding="utf-8"), str(run.config))
-            except OSError as e:
-                raise UserError(f"cannot read {run.config} ({e.strerror}); fix its permissions") from None
-            stored = resolve_config(validate_config(stored_raw), data_vocab_size(self.data),
+            stored = resolve_config(validate_config(run.read_config()), data_vocab_size(self.data),
                                     int(self.data.train_inputs.shape[1]), check=False)
             diff = config_diff(stored, self.cfg)
             if diff:
@@ -165,14 +161,14 @@ class Trainer:
                   "batch_loss": batch_loss, **evaluate(self.model, self.eval_set)}
         append_jsonl(run.metrics, record)
         self.schedule.observe(step, record)
-        save_checkpoint(run.checkpoints / checkpoint_name(step), self.model, step=step, epoch=epoch,
+        save_checkpoint(run.checkpoint_file(step), self.model, step=step, epoch=epoch,
                         kind=self.kind, config_hash=self.hash, model_config=self.cfg.model.to_dict())
         tensors, opt_meta = optimizer_tensors(self.opt)
-        save_state(run.state / state_name(step), tensors,
+        save_state(run.state_file(step), tensors,
                    {"step": step, "epoch": epoch, "config_hash": self.hash, "optimizer": opt_meta,
                     "schedule": self.schedule.state(),
                     "rng": "derived from (seed, step): epoch order from (seed, epoch), dropout reseeded per step"})
-        self.entries.append({"step": step, "epoch": epoch, "file": f"checkpoints/{checkpoint_name(step)}"})
+        self.entries.append(run.index_entry(step, epoch))
         write_index(run.index, self.hash, self.entries)  # the commit point
         for p in run.state.glob("resume_*.safetensors"):
             if p.name != state_name(step):
