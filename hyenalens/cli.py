@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+import hyenalens
 from hyenalens.runtime import tune_malloc
+from models.config.schema import validate_config
 from models.errors import UserError
 from models.rundir.discover import discover_runs
+from models.rundir.layout import RunDir
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
@@ -60,9 +63,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_config(run_dir: str) -> None:
+    """A RUN_DIR whose config.yaml is not HyenaLens' (a safari or Lightning folder) is refused
+    naming the file and saying the folder is not a run, before any model is built."""
+    run = RunDir(run_dir)
+    if run.is_run():
+        validate_config(run.read_config(), source=run.config, run_dir=run.root)
+
+
 def _cmd_capture(args: argparse.Namespace) -> int:
     from interp.capture import capture_run
 
+    _check_run_config(args.run_dir)
     _set_threads(args)
 
     hooks = [h for item in (args.hooks or []) for h in item.split(",") if h]
@@ -77,6 +89,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from interp.run_metrics import probe_run
 
+    _check_run_config(args.run_dir)
     _set_threads(args)
 
     path = probe_run(args.run_dir, progress=not args.quiet, force=args.force)
@@ -137,11 +150,25 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{runs[0]}: {len(formation['transitions'])} curves timed, test_acc_last jumps at "
               f"{jumps or 'no transition'}; {circuit}; mechanism: {mech.get('verdict', 'not measured')}; "
               f"wrote {runs[0]}/analysis/formation.json")
+        _say_missing(runs)
         return 0
     out = args.out or str(_common_folder(runs) / "analysis" / "formation_group.json")
     group = analyze_group(runs, out_path=out)
     print(f"{len(runs)} runs in {len(group.get('groups', {}))} groups; wrote {out} and each run's formation.json")
+    _say_missing(runs)
     return 0
+
+
+def _say_missing(runs) -> None:
+    """One stderr line per analyzed run without analysis/metrics.csv: only its training curves
+    were timed, and the commands that add the rest."""
+    for run in map(RunDir, runs):
+        if run.metrics_csv.is_file():
+            continue
+        todo = ([] if run.captured_steps() else [f"`hyenalens capture {run.root}`"]) + [f"`hyenalens probe {run.root}`"]
+        print(f"hyenalens analyze: {run.root}: no analysis/metrics.csv, so only the training curves are "
+              f"timed: the circuit metrics and the recall circuit are not; run {' and '.join(todo)}, "
+              "then analyze again", file=sys.stderr)
 
 
 def _common_folder(runs):
@@ -185,8 +212,21 @@ def _threads_and_quiet(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
+class _Version(argparse.Action):
+    """`--version`: the version is looked up when asked for (hyenalens.__version__: the installed
+    distribution's, else setup.cfg's), so neither it nor torch costs a normal start anything."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {hyenalens.__version__}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyenalens", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("smoke", help="build each model kind, run a batch, print what was checked")
@@ -300,8 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hyenalens {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_bars()
         print(f"hyenalens {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _close_bars() -> None:
+    """Close the progress bars an interrupt left open (a bar that a function closes only when it
+    finishes stays alive with the traceback's frames), so that the message below starts on a line of
+    its own: tqdm's close redraws the bar and ends its line."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)  # no bar was made if tqdm was never imported
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,26 @@
-"""Process settings HyenaLens applies when it runs as a program (the CLI, its worker processes,
-the benchmarks), never on import.
+"""Process settings HyenaLens applies to every process that uses it: the CLI, its worker
+processes, the benchmarks, and any process that imports `hyenalens` (a notebook, a script).
 
 glibc malloc hands every block above its mmap threshold (dynamic, at most 32 MiB) straight to
-the kernel and unmaps it on free. A forward that keeps its activations (`run_with_cache`, the
-capture at every checkpoint) then gets fresh pages for each of them on every call: ~2,500 to
-7,000 minor page faults per forward of the capture batch, which made `run_with_cache` 1.15x a
-plain forward instead of 1.07x (BENCHMARKS.md, "Hooks"). Raising the mmap and trim thresholds
-keeps freed blocks in the heap for reuse, which is what PyTorch's CPU tuning guide gets from
+the kernel and unmaps it on free, and returns the top of its heap to the kernel once more than
+its trim threshold is free. A forward that keeps its activations (`run_with_cache`, the capture
+at every checkpoint) then gets fresh pages for each of them on every call: ~2,500 to 7,000
+minor page faults per forward of the capture batch, which made `run_with_cache` 1.15x a plain
+forward instead of 1.07x (BENCHMARKS.md, "Hooks"), and 1.22-2.21x in a notebook-like process
+that never raised the thresholds (issue 17). Raising the mmap and trim thresholds keeps freed
+blocks in the heap for reuse, which is what PyTorch's CPU tuning guide gets from
 jemalloc/tcmalloc, without a preload. The cost: up to `TRIM_BYTES` of freed memory stays with
 the process instead of going back to the system.
 
-Set `HYENALENS_MALLOC_TUNING=0` to keep the system's defaults. Elsewhere than glibc (macOS,
-musl) this does nothing.
+When: `hyenalens/__init__.py` calls `tune_malloc()` on import (not `models/__init__.py`: models
+must not reach up into hyenalens; a script that imports only `models` calls it itself). This reverses the earlier "only
+when HyenaLens runs as a program, never on import" rule on purpose: the process researchers
+actually use is a notebook, which never calls the CLI, so the fast path has to come with the
+import. The call is ctypes' `mallopt` only (no torch), runs once per process, and changes
+nothing but those two thresholds.
+
+Set `HYENALENS_MALLOC_TUNING=0` (before the import) to keep the system's defaults. Elsewhere
+than glibc (macOS, musl) this does nothing.
 """
 from __future__ import annotations
 

@@ -21,6 +21,18 @@ def _future_leak(model, tokens: torch.Tensor, i: int) -> float:
     return ((a - b).abs().max() / a.abs().max()).item()
 
 
+CAUSAL_LEAK = 1e-6  # a causal model passes at or below this (FFT round-off)
+NONCAUSAL_LEAK = 1e-4  # a non-causal model passes above this: it reads the future by design
+
+
+def leak_note(causal: bool) -> str:
+    """What the future-leak column is held to, so that a non-causal model's large leak reads as
+    the expected result it is, not as a passed causality check."""
+    if causal:
+        return f"(causal: must be ≤ {CAUSAL_LEAK:.0e}, round-off only)"
+    return f"(non-causal: expected, it reads later tokens; must be > {NONCAUSAL_LEAK:.0e})"
+
+
 def smoke(quiet: bool = False) -> int:
     data = icl_dataset("assoc_recall", 10, 16, 64, 16, seed=0)
     tokens = data.test_inputs[:8]
@@ -39,11 +51,11 @@ def smoke(quiet: bool = False) -> int:
             logits, cache = model.run_with_cache(tokens)
         leak = _future_leak(model, tokens, L // 2)
         ok = logits.shape == (8, L, 10) and "blocks.1.hook_resid_post" in cache
-        ok = ok and ((leak <= 1e-6) if cfg["causal"] else (leak > 1e-4))
+        ok = ok and ((leak <= CAUSAL_LEAK) if cfg["causal"] else (leak > NONCAUSAL_LEAK))
         failures += not ok
         if not quiet:
             print(f"{'ok ' if ok else 'FAIL'} {name:26s} logits {tuple(logits.shape)}  "
-                  f"{len(cache)} hooks cached  future leak {leak:.2e}")
+                  f"{len(cache)} hooks cached  future leak {leak:.2e} {leak_note(bool(cfg['causal']))}")
     if not quiet:
         print(f"smoke: {len(kinds) - failures}/{len(kinds)} model kinds passed")
     return 1 if failures else 0

@@ -33,6 +33,7 @@ added on the next `capture_run`, without recapturing the rest.
 """
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -74,8 +75,11 @@ def resolve_hooks(model: nn.Module, extra: Iterable[str] | None = None) -> list[
     known = set(model.hook_dict)
     for name in extra or ():
         if name not in known:
-            close = sorted(k for k in known if k.endswith(name.split(".")[-1]))[:4]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            # a misspelling first (difflib), then the same hook in other blocks (a wrong index)
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.8)
+            close += [k for k in sorted(known) if k.endswith(name.split(".")[-1]) and k not in close]
+            hint = (f"; did you mean {', '.join(close[:4])}?" if close else
+                    "; `model.hook_dict` lists them (docs/architecture.md, \"Hook names\")")
             raise UserError(f"the model has no hook {name!r}{hint}")
         if name not in hooks:
             hooks.append(name)

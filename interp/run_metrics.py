@@ -41,12 +41,17 @@ Empty cells are missing values. Metric names:
 Definitions of every metric: docs/metrics.md.
 
 The final checkpoint's per-source terms of one example (probe row 0) are written to
-RUN_DIR/analysis/source_example.json (`source_example`), for the report's figure.
+RUN_DIR/analysis/source_example.json (`source_example`), for the report's figure 8b. Every
+checkpoint's part also holds, under "source_example", the per-source terms of the example the
+capture's maps show (probe row `interp.capture.example_row`, the first circuit row), for the
+report's training-time explorer (None where the layers have no per-source split).
 
 Incremental: each checkpoint's rows are kept in RUN_DIR/analysis/metrics_parts/
-step_{step:08d}.json with a signature (probe-set digest, metric version, options) and the
-seconds each part took; a rerun computes only checkpoints without a matching part, and the
-floor once (floor.json), then rewrites metrics.csv from the parts.
+step_{step:08d}.json with a signature (probe-set digest, metric version, options), the
+seconds each part took and the example's terms; a rerun computes only checkpoints without a
+matching part, and the floor once (floor.json), then rewrites metrics.csv from the parts. A
+matching part written before parts held the example (no "source_example" key) only gets the
+example added: one forward and one backward on one row, its rows are kept.
 
 `evaluate_model(model, probe_set)` computes the same rows on a model object (no run dir).
 """
@@ -73,7 +78,7 @@ from models.rundir.layout import RunDir
 from models.rundir.run import load_checkpoint_model, random_init_model
 
 from interp.attribution import attribution_metrics
-from interp.capture import capture_model, default_hooks, load_step, n_layers_of
+from interp.capture import capture_model, default_hooks, example_row, load_step, n_layers_of
 from interp.decompose import source_example, source_metrics
 from interp.filters import LayerFilters, filter_metrics, model_filters
 from interp.patching import patch_recovery
@@ -220,21 +225,49 @@ def _score_rows(model: nn.Module, circuit: dict[str, Tensor], n_layers: int, n: 
 
 
 # ====================================================================== a run
-def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | None:
+def _read_part_data(path: Path, signature: dict[str, Any]) -> dict[str, Any] | None:
+    """A part's whole JSON object when its signature matches, else None."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if data.get("signature") != signature:
+    if not isinstance(data, dict) or data.get("signature") != signature:
         return None
-    return data.get("rows")
+    return data
 
 
-def _write_part(path: Path, signature: dict[str, Any], rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
-    atomic_write_text(path, json.dumps({"signature": signature, "rows": rows, "seconds": seconds},
+def _read_part(path: Path, signature: dict[str, Any]) -> list[dict[str, Any]] | None:
+    data = _read_part_data(path, signature)
+    return None if data is None else data.get("rows")
+
+
+def _write_part(path: Path, signature: dict[str, Any], rows: list[dict[str, Any]], seconds: dict[str, float],
+                **extra: Any) -> None:
+    atomic_write_text(path, json.dumps({"signature": signature, "rows": rows, "seconds": seconds, **extra},
                                        default=_json_num, allow_nan=True) + "\n")
+
+
+def _part_todo(path: Path, signature: dict[str, Any], force: bool, want_example: bool) -> str | None:
+    """What a checkpoint's part needs: "all" (missing, stale or forced), "example" (a matching
+    part without the explorer's example), or None (complete)."""
+    data = None if force else _read_part_data(path, signature)
+    if data is None or data.get("rows") is None:
+        return "all"
+    return "example" if want_example and "source_example" not in data else None
+
+
+def _example_terms(model: nn.Module, ps: Any) -> dict[str, Any] | None:
+    """The per-source terms of the maps' example row (`example_row`), with its string tokens;
+    None when the layers have no per-source split (interp.sources.projectable)."""
+    if not projectable(model):
+        return None
+    ex = source_example(model, ps, value_candidates(ps), row=example_row(ps))
+    v = probe_vocab_size(ps)
+    vocab = mqar_vocab(v) if probe_task(ps) == "mqar" else icl_vocab(v)
+    ex["str_tokens"] = [vocab[t] if 0 <= t < len(vocab) else str(t) for t in ex["tokens"]]
+    return ex
 
 
 def _json_num(o: Any) -> Any:
@@ -275,7 +308,8 @@ def probe_run(
             steps.append(s)
     if not steps:
         raise UserError(f"{run_dir} has no captured checkpoint for its probe set; run `hyenalens capture {run_dir}`")
-    todo = [s for s in steps if force or _read_part(run.part_file(s), signature) is None]
+    need = {s: _part_todo(run.part_file(s), signature, force, opt.sources) for s in steps}
+    todo = [s for s in steps if need[s]]
     floor_path = run.metrics_parts / "floor.json"
     need_floor = floor and (force or _read_part(floor_path, signature) is None)
     bar = tqdm(total=len(todo) + int(need_floor), desc=f"probe {run_dir.name}", unit="ckpt",
@@ -290,11 +324,25 @@ def probe_run(
         bar.set_postfix(step=s)
         secs = {}
         t0 = time.perf_counter()
+        if need[s] == "example":  # only the explorer's example is missing: keep the rows
+            old = _read_part_data(run.part_file(s), signature) or {}
+            model = load_checkpoint_model(run_dir, s, cfg)
+            example = _example_terms(model, ps)
+            _write_part(run.part_file(s), signature, old["rows"], dict(old.get("seconds") or {},
+                        source_example=time.perf_counter() - t0), source_example=example)
+            del model
+            bar.update()
+            continue
         acts, _ = load_step(run_dir, s)
         model = load_checkpoint_model(run_dir, s, cfg)
         secs["load"] = time.perf_counter() - t0
         rows = evaluate_model(model, ps, acts=acts, options=opt, timings=secs)
-        _write_part(run.part_file(s), signature, rows, secs)
+        extra = {}
+        if opt.sources:
+            t1 = time.perf_counter()
+            extra["source_example"] = _example_terms(model, ps)
+            secs["source_example"] = time.perf_counter() - t1
+        _write_part(run.part_file(s), signature, rows, secs, **extra)
         del acts, model
         bar.update()
     bar.close()

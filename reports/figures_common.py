@@ -1,29 +1,37 @@
-"""Shared plumbing for the report's figures: the Agg backend, the seaborn theme, saving PNGs
-atomically, transition bands and checkpoint selection.
+"""Shared plumbing for the report's figures: the seaborn theme, the `ReportFigure` each figure
+function returns, writing PNGs atomically, transition bands and checkpoint selection.
 
-Figure functions return a list of `Figure` records (file name relative to the report folder,
-a caption); they raise `FigureSkipped` when an input is missing (the page says which) and any
-other exception when drawing fails (the page says "figure X could not be drawn: reason").
+Figure functions return a `ReportFigure` (a matplotlib `Figure`; two of them return a list) that
+carries its file name and caption, and write it as a PNG only when given a folder:
+
+    fig = fig_training_curves(runs, "causal/all")            # nothing written: show it in a notebook
+    fig = fig_training_curves(runs, "causal/all", out_dir=d)  # also d / fig.file (fig.path)
+
+They raise `FigureSkipped` when an input is missing (the page says which) and any other exception
+when drawing fails (the page says "figure X could not be drawn: reason").
+
+The backend: nothing here selects one, on import or on a call. Every figure is a
+`matplotlib.figure.Figure` made without pyplot, so it belongs to no backend and no pyplot figure
+manager: `savefig(format="png")` renders it through Agg's canvas whatever the backend is, so the
+report needs no `matplotlib.use("Agg")` to write files on a machine without a display, and a
+notebook's backend (inline, widget, …) stays the one its user chose (a cell whose value is the
+figure shows it inline). `matplotlib.use("Agg")` "when no backend was chosen" was not taken:
+"not chosen" is matplotlib's automatic choice, so in a REPL or a script that later imports pyplot
+it would replace the interactive default, and `plt.show()` would show nothing.
 """
 from __future__ import annotations
 
 import io
 import math
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import matplotlib
+import matplotlib.colors as mcolors
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
 
-if "matplotlib.pyplot" not in sys.modules:
-    matplotlib.use("Agg")
-import matplotlib.colors as mcolors  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure as MplFigure  # noqa: E402
-
-from models.rundir.io import atomic_write_bytes  # noqa: E402
+from models.rundir.io import atomic_write_bytes
 
 DPI = 100
 ACC_STYLE = {  # curve: (label, color, linestyle)
@@ -39,23 +47,48 @@ class FigureSkipped(Exception):
     """An input the figure needs is missing; the message says which, in words."""
 
 
-@dataclass
-class Figure:
-    file: str  # relative to the report folder
-    caption: str
+class ReportFigure(MplFigure):
+    """A report figure: a matplotlib `Figure` made without pyplot, with what the report needs.
+
+    Fields:
+        file: its PNG's file name, relative to the report folder ("" until drawn).
+        caption: the caption the report prints under it.
+        path: where its PNG was written; None until `write` (or a figure function given an
+            `out_dir`) writes it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.file: str = ""
+        self.caption: str = ""
+        self.path: Path | None = None
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write the PNG to `out_dir / self.file` atomically (through Agg's canvas, whatever the
+        backend); return its path."""
+        if not self.file:
+            raise ValueError("this figure has no file name yet; write it after a figure function has drawn it")
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=DPI)
+        self.path = Path(out_dir) / self.file
+        atomic_write_bytes(self.path, buf.getvalue())
+        return self.path
 
 
-def new_figure(w: float, h: float) -> MplFigure:
-    """A pyplot-free figure (no global state: safe in any process) with the report theme."""
+def new_figure(w: float, h: float) -> ReportFigure:
+    """A pyplot-free figure (no backend, no pyplot state: safe in any process) with the report
+    theme (seaborn's, set globally as `sns.set_theme` does)."""
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
-    return MplFigure(figsize=(w, h), dpi=DPI, layout="constrained")
+    return ReportFigure(figsize=(w, h), dpi=DPI, layout="constrained")
 
 
-def save(fig: MplFigure, out_dir: Path, name: str, caption: str) -> Figure:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    atomic_write_bytes(Path(out_dir) / name, buf.getvalue())
-    return Figure(name, caption)
+def finish(fig: ReportFigure, out_dir: str | Path | None, name: str, caption: str) -> ReportFigure:
+    """Give `fig` its file name and caption, and write it to `out_dir / name` when `out_dir` is
+    given (None: write nothing); return it."""
+    fig.file, fig.caption = name, caption
+    if out_dir is not None:
+        fig.write(out_dir)
+    return fig
 
 
 def shade_transitions(ax, trs: Iterable[dict[str, Any]], color: str, label: str | None = None,

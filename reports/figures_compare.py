@@ -1,6 +1,8 @@
 """Figure 7: the comparison panel across regimes (jump midpoints, steps to 99% test accuracy,
 lead/lag of circuit metrics), each as mean with its 95% bootstrap CI over seeds (n in the
-labels) and the individual runs as dots. Reads `reports.summary` numbers only."""
+labels) and the individual runs as dots. Reads `reports.summary` numbers only. Returns the
+matplotlib figure (`ReportFigure`) and writes the PNG only when given an `out_dir`
+(reports/figures_common.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 import seaborn as sns
 from matplotlib import ticker
 
-from reports.figures_common import ACC_STYLE, Figure, FigureSkipped, new_figure, plain, save
+from reports.figures_common import ACC_STYLE, FigureSkipped, ReportFigure, finish, new_figure, plain
 from reports.summary import key_curves, short_curve
 
 MAX_LEADLAG_METRICS = 12
@@ -59,7 +61,7 @@ def _no_data(ax, text: str, keep_y: bool = False) -> None:
         ax.set_yticks([])
 
 
-def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path) -> Figure:
+def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path | None = None) -> ReportFigure:
     if not regimes:
         raise FigureSkipped("no regimes to compare")
     names = list(regimes)
@@ -131,8 +133,8 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path) -> Figure:
     ax3.set_xlabel("metric midpoint − jump midpoint (log-steps; < 0 leads)")
     ax3.set_title("(c) lead / lag vs the test-accuracy jump\nmean ± 95% CI; dots: runs", fontsize=10)
     fig.suptitle("Figure 7 — regimes compared")
-    return save(fig, out_dir, "fig7_comparison.png",
-                "Regimes side by side: (a) midpoints of the test_acc_last, train_acc_all and train_acc_recallable "
-                "transitions; (b) first step with test accuracy ≥ 0.99 (runs that never reach it are counted); "
-                "(c) each circuit metric's midpoint relative to the accuracy jump, in log-steps ln(step+1). "
-                "Error bars: 95% percentile bootstrap over runs (none when n = 1).")
+    return finish(fig, out_dir, "fig7_comparison.png",
+                  "Regimes side by side: (a) midpoints of the test_acc_last, train_acc_all and train_acc_recallable "
+                  "transitions; (b) first step with test accuracy ≥ 0.99 (runs that never reach it are counted); "
+                  "(c) each circuit metric's midpoint relative to the accuracy jump, in log-steps ln(step+1). "
+                  "Error bars: 95% percentile bootstrap over runs (none when n = 1).")

@@ -1,7 +1,8 @@
 """Figures over training time: 1 training curves, 2 circuit-metric timelines aligned to the
 jump (with the position-swap test's panels), 5 attribution shares by role. They read
 metrics.jsonl, analysis/metrics.csv and the transitions of a `RunData`; nothing is recomputed
-here."""
+here. Each figure function returns its matplotlib figure (`ReportFigure`) and writes the PNG
+only when given an `out_dir` (reports/figures_common.py)."""
 from __future__ import annotations
 
 import math
@@ -13,9 +14,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import transforms
 
-from reports.figures_common import (ACC_STYLE, CEILING_COLOR, Figure, FigureSkipped, new_figure, plain, save,
+from reports.figures_common import (ACC_STYLE, CEILING_COLOR, FigureSkipped, ReportFigure, finish, new_figure, plain,
                                     shade_transitions, use_log_x)
-from reports.rundata import RunData
+from reports.rundata import RunData, slugify
 
 # circuit metrics drawn in figure 2, in panel order; probes also draw their permutation control
 TIMELINE_METRICS = (
@@ -48,9 +49,12 @@ _SKIP_SUFFIX = ("_control", "_selectivity", "_delta", "_delta_rel")
 
 
 # ------------------------------------------------------------------ figure 1
-def fig_training_curves(runs: list[RunData], regime: str, slug: str, out_dir: Path) -> Figure:
+def fig_training_curves(runs: list[RunData], regime: str, slug: str | None = None,
+                        out_dir: Path | None = None) -> ReportFigure:
     """One panel per run of a regime: the accuracy curves, their transition bands (onset→end
-    shaded, midpoint dashed) and the Bayes ceiling of train_acc_all (dashed grey)."""
+    shaded, midpoint dashed) and the Bayes ceiling of train_acc_all (dashed grey). `slug` names
+    the file (default: the regime's slug); it is written to `out_dir` only when one is given."""
+    slug = slugify(regime) if slug is None else slug
     n = len(runs)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -83,10 +87,10 @@ def fig_training_curves(runs: list[RunData], regime: str, slug: str, out_dir: Pa
     handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(f"Figure 1 — training curves, {plain(regime)} (bands: onset→end; dashed: midpoint)")
-    return save(fig, out_dir, f"fig1_training_curves_{slug}.png",
-                f"Training curves of every {regime} run, with each accuracy transition shaded from onset to "
-                f"end (dashed line: midpoint) and the Bayes ceiling of train_acc_all (grey dashed). "
-                f"Transitions: {'; '.join(sorted({r.transitions_source for r in runs}))}.")
+    return finish(fig, out_dir, f"fig1_training_curves_{slug}.png",
+                  f"Training curves of every {regime} run, with each accuracy transition shaded from onset to "
+                  f"end (dashed line: midpoint) and the Bayes ceiling of train_acc_all (grey dashed). "
+                  f"Transitions: {'; '.join(sorted({r.transitions_source for r in runs}))}.")
 
 
 # ------------------------------------------------------------------ figure 2
@@ -121,7 +125,7 @@ def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
-def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
+def fig_circuit_timelines(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     circ = rd.circuit
     if circ is None or circ.empty:
         raise FigureSkipped("analysis/metrics.csv is missing or empty")
@@ -180,11 +184,11 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path) -> Figure:
                 "drops: clean − swapped answer logit for the value swap and, on AR, the key swap (matching keys "
                 "overwritten by an absent key) with its control (dotted).")
     fig.suptitle(f"Figure 2 — circuit metrics over training, {plain(rd.name, 50)} ({plain(rd.regime)})")
-    return save(fig, out_dir, f"fig2_circuit_timelines_{rd.slug}.png",
-                f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted on the "
-                f"probe panels: the probe's label-permutation control (the same probe fit on shuffled training labels: "
-                f"chance level); dash-dot: the metric on the random-initialized model (floor); ▼: the metric's own "
-                f"transition midpoint (formation.json).{swap}")
+    return finish(fig, out_dir, f"fig2_circuit_timelines_{rd.slug}.png",
+                  f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted on "
+                  f"the probe panels: the probe's label-permutation control (the same probe fit on shuffled training "
+                  f"labels: chance level); dash-dot: the metric on the random-initialized model (floor); ▼: the "
+                  f"metric's own transition midpoint (formation.json).{swap}")
 
 
 def _mark_transitions(ax, xf, trs: list[dict], color, label: str | None) -> bool:
@@ -287,7 +291,7 @@ SHARES = (("attr_share_keys", "matching keys", "#d1495b"), ("attr_share_values",
           ("attr_share_rest", "rest", "#dddddd"))
 
 
-def fig_attribution(rd: RunData, out_dir: Path) -> Figure:
+def fig_attribution(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     circ = rd.circuit
     if circ is None:
         raise FigureSkipped("analysis/metrics.csv is missing")
@@ -320,6 +324,6 @@ def fig_attribution(rd: RunData, out_dir: Path) -> Figure:
     delta = ""
     if "attr_delta_rel" in wide and wide["attr_delta_rel"].notna().any():
         delta = f" Integrated-gradients completeness delta (relative): median {wide['attr_delta_rel'].median():.3f}."
-    return save(fig, out_dir, f"fig5_attribution_{rd.slug}.png",
-                "Share of |integrated-gradients attribution| on the token embeddings for the answer logit at "
-                "the query, by role (stacked), across training; purple lines: the accuracy jump." + delta)
+    return finish(fig, out_dir, f"fig5_attribution_{rd.slug}.png",
+                  "Share of |integrated-gradients attribution| on the token embeddings for the answer logit at "
+                  "the query, by role (stacked), across training; purple lines: the accuracy jump." + delta)

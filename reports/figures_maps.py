@@ -6,6 +6,9 @@ maps come from the captures (`capture/step_*.safetensors`: hooks `blocks.{l}.mix
 hook_filter[_rev]`, and the example's maps interp/capture.py `example_maps` stores: token level,
 channel mean |H|, rows normalized; the real pattern's head mean for attention). Patching reads
 `patch_recovery` rows of analysis/metrics.csv.
+
+Each figure function returns its matplotlib figure(s) (`ReportFigure`) and writes the PNG only
+when given an `out_dir` (reports/figures_common.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from matplotlib import transforms
 from matplotlib.patches import Rectangle
 
 from models.rundir.layout import CAPTURE_MAP_PREFIX, RunDir, capture_map_key
-from reports.figures_common import (Figure, FigureSkipped, log_norm, new_figure, pick_steps, plain, save,
+from reports.figures_common import (FigureSkipped, ReportFigure, finish, log_norm, new_figure, pick_steps, plain,
                                     short_hook)
 from reports.rundata import RunData
 
@@ -65,7 +68,7 @@ def two_sided(fwd: np.ndarray, bwd: np.ndarray | None) -> tuple[np.ndarray, np.n
     return np.abs(np.concatenate([bwd[..., :0:-1], fwd], axis=-1)), np.arange(-(L - 1), L)
 
 
-def fig_filters(rd: RunData, out_dir: Path) -> list[Figure]:
+def fig_filters(rd: RunData, out_dir: Path | None = None) -> list[ReportFigure]:
     steps, read, source = _filters_source(rd)
     picks = pick_steps(steps, rd.jump())
     data = {s: read(s) for s, _ in picks}
@@ -94,14 +97,15 @@ def fig_filters(rd: RunData, out_dir: Path) -> list[Figure]:
     cb = fig.colorbar(axes[0][0].images[0], ax=axes, shrink=0.8, pad=0.01)
     cb.set_label("|h[channel, lag]| (log scale)")
     fig.suptitle(f"Figure 3a — long-filter magnitudes at key checkpoints, {plain(rd.name, 50)} ({plain(rd.regime)})")
-    first = save(fig, out_dir, f"fig3_filters_{rd.slug}.png",
-                 f"|h| per channel and lag (log color scale) at init / jump onset / midpoint / end / final "
-                 f"(nearest stored checkpoint), per layer; from the {source}."
-                 + (" Negative lags: the backward (non-causal) filter; dotted line: lag 0." if not rd.causal else ""))
+    first = finish(fig, out_dir, f"fig3_filters_{rd.slug}.png",
+                   f"|h| per channel and lag (log color scale) at init / jump onset / midpoint / end / final "
+                   f"(nearest stored checkpoint), per layer; from the {source}."
+                   + (" Negative lags: the backward (non-causal) filter; dotted line: lag 0." if not rd.causal else ""))
     return [first, _fig_lag_profile(rd, steps, read, layers, source, out_dir)]
 
 
-def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], source: str, out_dir: Path) -> Figure:
+def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], source: str,
+                     out_dir: Path | None) -> ReportFigure:
     idx = np.unique(np.linspace(0, len(steps) - 1, min(len(steps), MAX_PROFILE_STEPS)).round().astype(int))
     sel = [steps[i] for i in idx]
     prof: dict[int, list[np.ndarray]] = {l: [] for l in layers}
@@ -130,9 +134,9 @@ def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], sou
     cb = fig.colorbar(axes[0].images[0], ax=list(axes), shrink=0.9, pad=0.01)
     cb.set_label("share of Σ|h| at the lag (log)")
     fig.suptitle(f"Figure 3b — lag profile across training, {plain(rd.name, 50)} ({plain(rd.regime)})")
-    return save(fig, out_dir, f"fig3_lag_profile_{rd.slug}.png",
-                f"Lag profile mean_c |h_c[lag]| normalized to sum 1, per stored step (rows; white dashed: the "
-                f"step nearest the accuracy-jump midpoint), per layer; from the {source}.")
+    return finish(fig, out_dir, f"fig3_lag_profile_{rd.slug}.png",
+                  f"Lag profile mean_c |h_c[lag]| normalized to sum 1, per stored step (rows; white dashed: the "
+                  f"step nearest the accuracy-jump midpoint), per layer; from the {source}.")
 
 
 # ------------------------------------------------------------------ implicit attention
@@ -168,7 +172,7 @@ def _annotate(ax, roles: dict[str, np.ndarray], L: int, x_labels: bool = True, y
                    clip_on=False, lw=1.0)
 
 
-def fig_implicit_attention(rd: RunData, out_dir: Path) -> Figure:
+def fig_implicit_attention(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     if not rd.captured:
         raise FigureSkipped("no captures (capture/step_*.safetensors) to read the maps from; run `hyenalens capture`")
     if not rd.mapped:
@@ -202,11 +206,11 @@ def fig_implicit_attention(rd: RunData, out_dir: Path) -> Figure:
     cb.set_label("attention weight (head mean)" if is_attn else "row-normalized mean_c |H_c| (share of row, log scale)")
     what = "attention pattern (head mean)" if is_attn else "implicit attention H(u), token level"
     fig.suptitle(f"Figure 4 — {what}, one example, {plain(rd.name, 40)} ({plain(rd.regime)})")
-    return save(fig, out_dir, f"fig4_implicit_attention_{rd.slug}.png",
-                f"{what} of one example ({src}) at init / jump onset / midpoint / end / final, per layer; rows "
-                f"are query positions i, columns sources j. Ticks: K = matching key, V = matching value, "
-                f"q = query (its row outlined in green; IH: T trigger, C copy); rug above each map: every key "
-                f"(red) and value (blue) position.")
+    return finish(fig, out_dir, f"fig4_implicit_attention_{rd.slug}.png",
+                  f"{what} of one example ({src}) at init / jump onset / midpoint / end / final, per layer; rows "
+                  f"are query positions i, columns sources j. Ticks: K = matching key, V = matching value, "
+                  f"q = query (its row outlined in green; IH: T trigger, C copy); rug above each map: every key "
+                  f"(red) and value (blue) position.")
 
 
 # ------------------------------------------------------------------ patching
@@ -215,7 +219,7 @@ def _hook_key(h: str) -> tuple:
     return (int(m.group(1)), m.group(2)) if m else (-1 if "embed" in h else 10 ** 6, h)
 
 
-def fig_patching(rd: RunData, out_dir: Path) -> Figure:
+def fig_patching(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     circ = rd.circuit
     if circ is None:
         raise FigureSkipped("analysis/metrics.csv is missing")
@@ -248,9 +252,9 @@ def fig_patching(rd: RunData, out_dir: Path) -> Figure:
     cb = fig.colorbar(axes[0].collections[0], ax=list(axes), shrink=0.8, pad=0.01)
     cb.set_label("recovery (fraction of LD restored)")
     fig.suptitle(f"Figure 6 — activation-patching recovery, {plain(rd.name, 40)} ({plain(rd.regime)})")
-    return save(fig, out_dir, f"fig6_patching_{rd.slug}.png",
-                "Recovery of the clean-vs-corrupted logit difference when one hook is patched from the clean "
-                "run at the positions of one role (corrupted run: q replaced by another key of the context); "
-                "recovery = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), LD the clean-minus-corrupted "
-                "answer logit difference at the query: 1 = fully restored, 0 = no effect; color clipped to "
-                "[−1, 1], numbers exact.")
+    return finish(fig, out_dir, f"fig6_patching_{rd.slug}.png",
+                  "Recovery of the clean-vs-corrupted logit difference when one hook is patched from the clean "
+                  "run at the positions of one role (corrupted run: q replaced by another key of the context); "
+                  "recovery = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), LD the clean-minus-corrupted "
+                  "answer logit difference at the query: 1 = fully restored, 0 = no effect; color clipped to "
+                  "[−1, 1], numbers exact.")

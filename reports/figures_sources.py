@@ -8,7 +8,9 @@ source decomposition"), scored on the answer's logit difference.
     terms of one probe-set row, one row of bars per layer, the groups' footprints shaded.
 
 Both read what `hyenalens probe` wrote (analysis/metrics.csv columns step, metric, layer, value,
-target, role, …; interp/run_metrics.py); nothing is recomputed here.
+target, role, …; interp/run_metrics.py); nothing is recomputed here. `fig_sources` returns the
+matplotlib figures it drew (`ReportFigure`) and writes their PNGs only when given an `out_dir`
+(reports/figures_common.py).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from matplotlib import transforms
 from matplotlib.patches import Patch
 
 from models.rundir.layout import RunDir
-from reports.figures_common import Figure, FigureSkipped, new_figure, plain, save, use_log_x
+from reports.figures_common import FigureSkipped, ReportFigure, finish, new_figure, plain, use_log_x
 from reports.rundata import RunData
 
 EXAMPLE_FILE = RunDir("").source_example.as_posix()  # "analysis/source_example.json", as messages name it
@@ -46,7 +48,7 @@ LETTERS = (("match_key", "K"), ("match_value", "V"), ("match_after", "A"))
 BAR_COLORS = ("#264653", "#e76f51")  # positive, negative
 
 
-def fig_sources(rd: RunData, out_dir: Path) -> list[Figure]:
+def fig_sources(rd: RunData, out_dir: Path | None = None) -> list[ReportFigure]:
     """Figure 8 (a) and (b); each is drawn when its input exists, and the figure is skipped (with
     what is missing and which command writes it) when neither does."""
     circ = rd.circuit
@@ -72,7 +74,8 @@ def _by_step(df: pd.DataFrame) -> pd.DataFrame:
     return df.groupby("step", as_index=False)["value"].mean().sort_values("step")
 
 
-def _fig_shares(rd: RunData, circ: pd.DataFrame, share: pd.DataFrame, out_dir: Path, note: str) -> Figure:
+def _fig_shares(rd: RunData, circ: pd.DataFrame, share: pd.DataFrame, out_dir: Path | None,
+                note: str) -> ReportFigure:
     patch = circ[circ["metric"] == "source_patch_follow"]
     total = circ[(circ["metric"] == "source_total") & (circ["target"] == "direct")]
     layers = sorted(int(l) for l in share["layer"].unique())
@@ -124,14 +127,14 @@ def _fig_shares(rd: RunData, circ: pd.DataFrame, share: pd.DataFrame, out_dir: P
     patch_txt = (" Lower panels: `source_patch_follow`, path patching by group: the fraction of rows whose prediction "
                  "becomes the swap test's substitute when only that group's terms of the layer output at the query "
                  "are taken from the value-swapped run." if has_patch else "")
-    return save(fig, out_dir, f"fig8a_source_shares_{rd.slug}.png",
-                "Where each layer's output at the query reads the answer from, per layer, across training "
-                "(`source_share`, target direct): the signed sum of a position group's terms of the logit difference "
-                "(answer − mean candidate, through the frozen final LayerNorm and the unembedding) over Σ|terms|. "
-                "Solid: the partition (matching pairs' footprints, other pairs' footprints, query, bias, rest); "
-                "dashed: the diagnostic groups (matching keys, matching values, the position after a matching "
-                "value), which overlap it. "
-                f"Purple lines: the accuracy jump (midpoint dashed, onset / end dotted).{patch_txt}{note}")
+    return finish(fig, out_dir, f"fig8a_source_shares_{rd.slug}.png",
+                  "Where each layer's output at the query reads the answer from, per layer, across training "
+                  "(`source_share`, target direct): the signed sum of a position group's terms of the logit difference "
+                  "(answer − mean candidate, through the frozen final LayerNorm and the unembedding) over Σ|terms|. "
+                  "Solid: the partition (matching pairs' footprints, other pairs' footprints, query, bias, rest); "
+                  "dashed: the diagnostic groups (matching keys, matching values, the position after a matching "
+                  "value), which overlap it. "
+                  f"Purple lines: the accuracy jump (midpoint dashed, onset / end dotted).{patch_txt}{note}")
 
 
 def _jump_lines(ax, jump: dict[str, float] | None) -> None:
@@ -166,7 +169,7 @@ def _read_example(f: Path) -> dict[str, Any] | None:
     return ex
 
 
-def _fig_example(rd: RunData, ex: dict[str, Any], out_dir: Path, note: str) -> Figure:
+def _fig_example(rd: RunData, ex: dict[str, Any], out_dir: Path | None, note: str) -> ReportFigure:
     tokens = [int(t) for t in ex["tokens"]]
     L = len(tokens)
     names = ex.get("str_tokens")
@@ -206,13 +209,13 @@ def _fig_example(rd: RunData, ex: dict[str, Any], out_dir: Path, note: str) -> F
     ans = labels[tokens.index(int(answer))] if names and answer is not None and int(answer) in tokens else answer
     fig.suptitle(f"Figure 8b — the answer's logit difference by source position, step {ex.get('step', '?')}, "
                  f"probe-set row {ex.get('row', '?')} (answer {plain(ans)}), {plain(rd.name, 40)}", fontsize=10)
-    return save(fig, out_dir, f"fig8b_source_example_{rd.slug}.png",
-                f"The signed terms of each layer's output at the query (position {ex.get('qpos', '?')}), one per "
-                "source stream position, scored directly on the answer's logit difference, for one probe-set row "
-                f"at the final checkpoint ({EXAMPLE_FILE}); one row of bars per layer. Shading: the footprints of "
-                "the matching pair(s) (blue) and of the other pairs (red), the query (teal); letters above: "
-                "K matching key, V matching value, A the position after a matching value. The title gives the "
-                f"sum of the terms, the bias and the total.{note}")
+    return finish(fig, out_dir, f"fig8b_source_example_{rd.slug}.png",
+                  f"The signed terms of each layer's output at the query (position {ex.get('qpos', '?')}), one per "
+                  "source stream position, scored directly on the answer's logit difference, for one probe-set row "
+                  f"at the final checkpoint ({EXAMPLE_FILE}); one row of bars per layer. Shading: the footprints of "
+                  "the matching pair(s) (blue) and of the other pairs (red), the query (teal); letters above: "
+                  "K matching key, V matching value, A the position after a matching value. The title gives the "
+                  f"sum of the terms, the bias and the total.{note}")
 
 
 def _fmt(v: Any) -> str:

@@ -1,4 +1,5 @@
-"""Self-contained HTML: inline CSS, no scripts, no external URLs, images as relative PNG paths.
+"""Self-contained HTML: inline CSS, no external URLs, images as relative PNG paths; the only
+script is the training-time explorer's own, inline (reports/explorer.py).
 
 Every piece of text that reaches the page goes through `esc` (html.escape with quotes) — run
 names, paths, config values, error messages. Only the markup built here is raw.

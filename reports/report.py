@@ -5,7 +5,8 @@
 The page opens with the regime summary table (means with 95% bootstrap CIs and their n) and the
 seed claim's verdict in one sentence; then the figures (1: training curves per regime; 2–6 and
 8, where the recall signal sits, for one representative run per regime — the lowest seed — or
-for every run with `detail="all"`; 7: the regime comparison), the configs and the provenance.
+for every run with `detail="all"`; 7: the regime comparison), the training-time explorer (a
+checkpoint slider per regime, reports/explorer.py), the configs and the provenance.
 Each figure is drawn on its own: a failure is written into the page ("figure X could not be
 drawn: reason") and into summary.json, and the other figures still appear. Missing optional
 inputs are listed per run.
@@ -24,7 +25,8 @@ from typing import Any, Callable
 from models.errors import UserError
 from models.rundir.io import atomic_write_json, atomic_write_text
 from reports import html as H
-from reports.rundata import RunData, discover_runs, load_run, slugify
+from reports.explorer import explorer_section
+from reports.rundata import RunData, discover_runs, load_run_data, slugify
 from reports.summary import (group_keys, key_curves, load_group, regime_rank, regime_summary, run_numbers,
                              seed_claim, short_curve, steps_to)
 
@@ -45,7 +47,7 @@ class _Figures:
             with warnings.catch_warnings():  # library deprecation chatter (seaborn → matplotlib)
                 warnings.simplefilter("ignore", PendingDeprecationWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                res = fn(*args, self.out_dir)
+                res = fn(*args, out_dir=self.out_dir)  # drawn (pyplot-free, no backend) and written
             figs = res if isinstance(res, list) else [res]
             for f in figs:
                 self.records.append({"figure": label, "status": "ok", "file": f.file, "caption": f.caption})
@@ -58,8 +60,10 @@ class _Figures:
             self.records.append({"figure": label, "status": "error", "reason": reason,
                                  "traceback": traceback.format_exc(limit=4)})
             out = H.fig_problem(label, reason, skipped=False)
-        if self.progress:
-            print(f"report: {label}: {self.records[-1]['status']} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+        if self.progress:  # a skipped or failed figure says why, as the page does
+            rec = self.records[-1]
+            why = f": {rec['reason']}" if rec["status"] != "ok" else ""
+            print(f"report: {label}: {rec['status']}{why} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         return out
 
 
@@ -74,7 +78,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a directory; choose another path")
-    runs = [load_run(p, name) for p, name in discover_runs(list(run_dirs))]
+    runs = [load_run_data(p, name) for p, name in discover_runs(list(run_dirs))]
     group, group_note = load_group(group, list(run_dirs))
     pairs = sorted(zip(group_keys(runs, group), runs),
                    key=lambda kr: (regime_rank(kr[0]), kr[1].seed is None, kr[1].seed or 0, kr[1].name))
@@ -104,6 +108,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
                 parts.append(figs.draw(f"{label} ({rd.name})", fn, rd))
     parts.append("<h3>Figure 7 — regimes compared</h3>")
     parts.append(figs.draw("figure 7", fig_comparison, regimes))
+    t0 = time.perf_counter()
+    parts.append(explorer_section(by_regime))  # one slider per regime (reports/explorer.py)
+    if progress:
+        print(f"report: training-time explorer ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
 
     summary = {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

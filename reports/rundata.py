@@ -4,7 +4,7 @@ through `models.rundir.RunDir`, the owner of that format.
 `discover_runs(paths)` (models/rundir/discover.py, re-exported here) turns the command line's
 RUN_DIR arguments into run directories.
 
-`load_run(path)` reads what a report needs into a `RunData`. Only `metrics.jsonl` is required
+`load_run_data(path)` reads what a report needs into a `RunData`. Only `metrics.jsonl` is required
 (missing or empty: a one-line `UserError`). Every other piece is optional: when it is missing or
 unreadable, the field is empty and a plain sentence is appended to `RunData.notes`, which the page
 shows. Nothing here imports matplotlib or torch.
@@ -28,7 +28,7 @@ from models.rundir.discover import discover_runs
 from models.rundir.io import read_jsonl
 from models.rundir.layout import RunDir
 
-__all__ = ["RunData", "discover_runs", "load_run", "regime_of", "slugify", "main_transition"]
+__all__ = ["RunData", "discover_runs", "load_run_data", "regime_of", "slugify", "main_transition"]
 
 
 @dataclass
@@ -126,7 +126,9 @@ def slugify(name: str) -> str:
 
 
 # ------------------------------------------------------------------ one run
-def load_run(path: str | Path, name: str | None = None) -> RunData:
+def load_run_data(path: str | Path, name: str | None = None) -> RunData:
+    """What the report reads of the run at `path` (module doc). A notebook's loader of a run
+    (steps, models, tables) is `hyenalens.load_run`."""
     run = RunDir(path)
     path = run.root
     name = name or path.resolve().name

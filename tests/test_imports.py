@@ -20,8 +20,8 @@ LAYER = {"models": 0, "interp": 1, "analysis": 2, "reports": 3, "hyenalens": 4}
 _CLI = ("the CLI loads each command's code when that command runs, so `hyenalens --help`, a bad "
         "flag or a config error answers in a fraction of a second without importing torch, "
         "transformer_lens, sklearn or matplotlib")
-_FIGURES = ("the figure modules import matplotlib and set its Agg backend; `import reports` "
-            "(RunData, discover_runs, load_run) stays free of both until a report is drawn")
+_FIGURES = ("the figure modules import matplotlib and seaborn (and restyle matplotlib); `import "
+            "reports` (RunData, discover_runs, load_run_data) stays free of both until a report is drawn")
 # (importing module, imported module): why the import stays inside a function
 ALLOWED: dict[tuple[str, str], str] = {
     ("hyenalens.cli", "analysis"): _CLI,

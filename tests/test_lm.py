@@ -61,12 +61,13 @@ def test_noncausal_model_sees_the_future(kind, order):
 
 
 def _documented_shapes(b, L, d, d_inner, order, causal, n_layers):
-    shapes = {"hook_embed": (b, L, d), "ln_final.hook_normalized": (b, L, d)}
+    shapes = {"hook_embed": (b, L, d), "ln_final.hook_normalized": (b, L, d), "ln_final.hook_scale": (b, L, 1)}
     for l in range(n_layers):
         p = f"blocks.{l}."
         for n in ("hook_resid_pre", "hook_mixer_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post",
                   "ln1.hook_normalized", "ln2.hook_normalized"):
             shapes[p + n] = (b, L, d)
+        shapes[p + "ln1.hook_scale"] = shapes[p + "ln2.hook_scale"] = (b, L, 1)
         shapes[p + "mlp.hook_pre"] = shapes[p + "mlp.hook_post"] = (b, L, d_inner)
         m = p + "mixer."
         shapes[m + "hook_in_proj"] = shapes[m + "hook_short"] = (b, L, (order + 1) * d)

@@ -41,8 +41,8 @@ def test_interp_and_reports_names():
     assert "implicit_attention" in interp.__all__ and callable(interp.implicit_attention)
     for name in interp.__all__:
         assert getattr(interp, name) is not None, name
-    assert set(reports.__all__) == {"RunData", "discover_runs", "load_run", "write_report"}
-    from reports import RunData, discover_runs, load_run, write_report  # noqa: F401
+    assert set(reports.__all__) == {"RunData", "discover_runs", "load_run_data", "write_report"}
+    from reports import RunData, discover_runs, load_run_data, write_report  # noqa: F401
 
 
 def test_every_command_and_flag():

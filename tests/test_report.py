@@ -279,7 +279,15 @@ def test_report_renders(report_dir: Path):
 def test_report_escapes_names_and_configs(report_dir: Path):
     page = (report_dir / "index.html").read_text(encoding="utf-8")
     assert "&lt;script&gt;x&lt;/script&gt;" in page
-    assert "<script" not in page.lower()
+    # the only scripts are the explorer's own (its data block has no "<" at all, so a run name
+    # can neither close it nor open a script of its own)
+    from reports.explorer import EXPLORER_JS
+
+    scripts = re.findall(r"<script[^>]*>", page, flags=re.IGNORECASE)
+    assert set(scripts) <= {'<script type="application/json" class="hlx-data">', "<script>"}, scripts
+    assert page.lower().count("<script>") == page.count(f"<script>{EXPLORER_JS}</script>")
+    for block in re.findall(r'class="hlx-data">(.*?)</script>', page, flags=re.DOTALL):
+        assert "<" not in block
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
@@ -297,14 +305,14 @@ def test_report_cli_and_errors(tmp_path: Path, capsys):
 
 
 def test_missing_metrics_is_user_error(tmp_path: Path):
-    from reports import load_run
+    from reports import load_run_data
 
     (tmp_path / "r").mkdir()
     with pytest.raises(UserError, match="metrics.jsonl"):
-        load_run(tmp_path / "r")
+        load_run_data(tmp_path / "r")
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     with pytest.raises(UserError, match="no evaluation records"):
-        load_run(tmp_path / "r")
+        load_run_data(tmp_path / "r")
 
 
 def test_figure_failure_is_logged_not_fatal(tmp_path: Path, monkeypatch):
@@ -387,13 +395,13 @@ def test_report_in_headless_chromium(report_dir: Path, tmp_path: Path):
 
 def test_combined_analysis_drives_regime_statistics(tmp_path: Path):
     """analyze_group's estimates and verdict replace the report's own, for the matching regime."""
-    from reports.rundata import discover_runs, load_run
+    from reports.rundata import discover_runs, load_run_data
     from reports.summary import load_group, regime_key, regime_summary, run_numbers, seed_claim
 
     runs_dir = tmp_path / "runs"
     for s in (0, 1):
         make_run(runs_dir / f"causal_all_s{s}", s, mid=400.0 + 50 * s, full=False)
-    runs = [load_run(p, n) for p, n in discover_runs([runs_dir])]
+    runs = [load_run_data(p, n) for p, n in discover_runs([runs_dir])]
     numbers, keys = [run_numbers(r) for r in runs], [regime_key(r, runs) for r in runs]
     own = seed_claim(regime_summary(numbers, keys))
     assert own["verdict"] in ("consistent", "undetermined") and "n=2 of 2 runs" in own["sentence"]

@@ -11,13 +11,6 @@ from test_report import (add_swap_source_rows, make_run, source_example, swap_so
                          write_circuit_csv, write_source_example)
 
 
-def _spy_save(monkeypatch, module) -> list:
-    """Record every matplotlib figure `module` saves (then save it as usual)."""
-    drawn, real = [], module.save
-    monkeypatch.setattr(module, "save", lambda fig, *a: drawn.append(fig) or real(fig, *a))
-    return drawn
-
-
 def _png_ok(path: Path) -> None:
     import matplotlib.image as mpimg
 
@@ -26,25 +19,25 @@ def _png_ok(path: Path) -> None:
     assert px.shape[0] > 300 and px.shape[1] > 500 and px.std() > 0.05  # drawn, not blank
 
 
-def test_swap_panels_and_source_figure(tmp_path: Path, monkeypatch):
+def test_swap_panels_and_source_figure(tmp_path: Path):
     import pandas as pd
 
     import reports.figures_curves as fc
     import reports.figures_sources as fs
-    from reports.rundata import load_run
+    from reports.rundata import load_run_data
 
     run = make_run(tmp_path / "r", 0, full=False)
     write_circuit_csv(run, 400.0)
     add_swap_source_rows(run, 400.0)
     write_source_example(run)
-    rd = load_run(run)
+    rd = load_run_data(run)
     out = tmp_path / "out"
     out.mkdir()
     # figure 2: the two swap panels, and no generic panel for any recall_swap_* / source_* metric
-    drawn2 = _spy_save(monkeypatch, fc)
-    f2 = fc.fig_circuit_timelines(rd, out)
-    _png_ok(out / f2.file)
-    axes = {ax.get_title(): ax for ax in drawn2[0].axes}
+    f2 = fc.fig_circuit_timelines(rd, out)  # the matplotlib figure itself, written to out
+    assert f2.path == out / f2.file
+    _png_ok(f2.path)
+    axes = {ax.get_title(): ax for ax in f2.axes}
     swap_title, drops_title = (fc.SWAP_PANELS[k][0] for k in ("recall_swap", "recall_swap_drops"))
     assert swap_title in axes and drops_title in axes
     assert not [t for t in axes if t.startswith(("recall swap", "source "))], list(axes)
@@ -58,13 +51,12 @@ def test_swap_panels_and_source_figure(tmp_path: Path, monkeypatch):
     key = [l for l in axes[drops_title].get_lines() if l.get_label() == "key swap"][0]
     assert len(key.get_ydata()) == len(want[want.metric == "recall_swap_drop"]) - 1  # its NaN step is left out
     # figure 8: (a) one share panel and one patch-follow panel per layer, (b) one bar row per layer
-    drawn8 = _spy_save(monkeypatch, fs)
     figs = fs.fig_sources(rd, out)
     assert [f.file.split("_")[0] for f in figs] == ["fig8a", "fig8b"]
     for f in figs:
         _png_ok(out / f.file)
         assert "not drawn" not in f.caption
-    shares, example = drawn8
+    shares, example = figs
     assert len(shares.axes) == 4 and {a.get_title().split("\n")[0] for a in shares.axes} == {"layer 0", "layer 1", ""}
     top = [a for a in shares.axes if a.get_title().startswith("layer 0")][0]
     styles = {l.get_label(): l.get_linestyle() for l in top.get_lines() if not l.get_label().startswith("_")}
@@ -76,12 +68,12 @@ def test_swap_panels_and_source_figure(tmp_path: Path, monkeypatch):
     assert [t.get_text() for t in example.axes[-1].get_xticklabels()] == ex["str_tokens"]
 
 
-def test_source_figure_skips_or_draws_what_it_has(tmp_path: Path, monkeypatch):
+def test_source_figure_skips_or_draws_what_it_has(tmp_path: Path):
     import reports.figures_curves as fc
     import reports.figures_sources as fs
     from reports.figures_common import FigureSkipped
     from reports.report import _Figures
-    from reports.rundata import load_run
+    from reports.rundata import load_run_data
 
     out = tmp_path / "out"
     out.mkdir()
@@ -89,26 +81,25 @@ def test_source_figure_skips_or_draws_what_it_has(tmp_path: Path, monkeypatch):
     run = make_run(tmp_path / "runs" / "old", 0, full=False)
     write_circuit_csv(run, 400.0)
     with pytest.raises(FigureSkipped, match=r"no source_share rows.*source_example\.json is missing.*hyenalens probe"):
-        fs.fig_sources(load_run(run), out)
-    drawn = _spy_save(monkeypatch, fc)
-    f2 = fc.fig_circuit_timelines(load_run(run), out)
+        fs.fig_sources(load_run_data(run), out)
+    f2 = fc.fig_circuit_timelines(load_run_data(run), out)
     assert "Position-swap" not in f2.caption
-    assert fc.SWAP_PANELS["recall_swap"][0] not in [a.get_title() for a in drawn[0].axes]
+    assert fc.SWAP_PANELS["recall_swap"][0] not in [a.get_title() for a in f2.axes]
     figs = _Figures(out, progress=False)  # the report's wrapper: a skip message on the page, not an error
-    page = figs.draw("figure 8 (old)", fs.fig_sources, load_run(run))
+    page = figs.draw("figure 8 (old)", fs.fig_sources, load_run_data(run))
     assert figs.records[0]["status"] == "skipped" and "source_share" in figs.records[0]["reason"]
     assert "figure 8 (old) not drawn" in page
     # no metrics.csv at all
-    bare = load_run(make_run(tmp_path / "runs" / "bare", 0, full=False))
+    bare = load_run_data(make_run(tmp_path / "runs" / "bare", 0, full=False))
     with pytest.raises(FigureSkipped, match="analysis/metrics.csv is missing"):
         fs.fig_sources(bare, out)
     # only the example: (b) is drawn, its caption says why (a) is not; without str_tokens the ids label it
     write_source_example(run, source_example(str_tokens=False))
-    figs = fs.fig_sources(load_run(run), out)
+    figs = fs.fig_sources(load_run_data(run), out)
     assert len(figs) == 1 and figs[0].file.startswith("fig8b") and "(a) is not drawn" in figs[0].caption
     # a malformed example is an error naming the file, not a silent skip
     bad = source_example()
     bad["layers"][1]["terms"] = bad["layers"][1]["terms"][:-1]
     write_source_example(run, bad)
     with pytest.raises(ValueError, match=r"source_example\.json: layer 1 has 15 terms for 16 tokens"):
-        fs.fig_sources(load_run(run), out)
+        fs.fig_sources(load_run_data(run), out)

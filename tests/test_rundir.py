@@ -104,7 +104,7 @@ def test_report_names_a_run_whose_capture_predates_the_maps(tmp_path: Path):
 
     from models.rundir.io import atomic_save_tensors, load_tensors
     from models.rundir.layout import CAPTURE_MAP_PREFIX
-    from reports import load_run, write_report
+    from reports import load_run_data, write_report
     from reports.figures_common import FigureSkipped
     from reports.figures_maps import fig_implicit_attention
 
@@ -114,7 +114,7 @@ def test_report_names_a_run_whose_capture_predates_the_maps(tmp_path: Path):
         meta.pop("maps")
         atomic_save_tensors(run.capture_file(s), {k: v for k, v in tensors.items()
                                                   if not k.startswith(CAPTURE_MAP_PREFIX)}, meta)
-    rd = load_run(run.root)
+    rd = load_run_data(run.root)
     want = f"run old_s0: capture predates the stored maps; rerun `hyenalens capture {run.root}`"
     assert want in rd.notes
     with pytest.raises(FigureSkipped, match="capture predates the stored maps"):

@@ -239,14 +239,35 @@ def validate_model(raw: Any) -> HyenaConfig | AttentionConfig:
     return MODEL_CONFIGS[kind](**{**dict.fromkeys(DERIVED_MODEL_KEYS), **given})
 
 
-def validate_config(raw: Any) -> RunConfig:
-    """A `RunConfig` from a raw mapping; every problem is a one-line UserError."""
+def _foreign(raw: dict, known: list[str], source: Any, run_dir: Any) -> UserError | None:
+    """The error for a mapping from `source` whose top-level keys are not HyenaLens': one of them
+    resembles none of ours (a safari or Lightning config has `trainer`, `loader`, ...). None for
+    a near miss (a typo gets `_unknown`'s "did you mean", with the file named)."""
+    unknown = [str(k) for k in raw if k not in known]
+    alien = [k for k in unknown if not difflib.get_close_matches(k, known, n=1)]
+    if not alien:
+        return None
+    what = f"{source} is not a HyenaLens config: its key {alien[0]!r} is not one of ours ({', '.join(known)})"
+    if run_dir is not None:
+        return UserError(f"{what}, so {run_dir} is not a HyenaLens run: use a run directory made by "
+                         f"`hyenalens train` (or a new --out to train into), or convert a safari run folder "
+                         f"with `hyenalens import-safari {run_dir} --out NEW_RUN_DIR`")
+    return UserError(f"{what}; pass a preset or a HyenaLens YAML config (docs/config.md)")
+
+
+def validate_config(raw: Any, source: Any = None, run_dir: Any = None) -> RunConfig:
+    """A `RunConfig` from a raw mapping; every problem is a one-line UserError.
+
+    `source`: the file `raw` was read from (named when its keys are not ours); `run_dir`: the
+    run directory whose config.yaml it is (then the error says the folder is not a run)."""
     if not isinstance(raw, dict):
         raise UserError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     known = sorted(list(TOP_LEVEL) + ["model"] + list(SECTIONS))
     for k in raw:
         if k not in known:
-            raise _unknown(str(k), known)
+            if source is None:
+                raise _unknown(str(k), known)
+            raise _foreign(raw, known, source, run_dir) or UserError(f"{source}: {_unknown(str(k), known)}")
     seed = check_value("seed", raw.get("seed", 0), "int")
     _need(0 <= seed < 2**32, "seed", seed, "an integer in [0, 2**32)")
     loss = check_value("loss", raw.get("loss", "all"), "str")

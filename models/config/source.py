@@ -1,7 +1,8 @@
 """Where a run config comes from: a YAML file or a shipped preset, plus dotted overrides.
 
-Presets are the YAML files in `models/presets/`, found inside the installed package with
-`importlib.resources`, so `hyenalens train ar_causal_all` works from any directory.
+Presets are the YAML files of the package `models.config.presets` (models/config/presets/, shipped
+as its package data), found with `importlib.resources`, so `hyenalens train ar_causal_all` works
+from any directory.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def preset_names() -> list[str]:
 def _presets_dir():
     from importlib.resources import files
 
-    return files("models.config") / "presets"
+    return files("models.config.presets")
 
 
 def read_config_source(name_or_path: str) -> tuple[dict, str]:

@@ -67,11 +67,11 @@ def sweep_names() -> list[str]:
 def _sweeps_dir():
     from importlib.resources import files
 
-    return files("models.config") / "presets" / "sweeps"
+    return files("models.config.presets.sweeps")
 
 
 def load_sweep(name_or_path: str) -> SweepSpec:
-    """A `SweepSpec` from a sweep YAML path or a shipped sweep name (models/presets/sweeps)."""
+    """A `SweepSpec` from a sweep YAML path or a shipped sweep name (models/config/presets/sweeps)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_path:
         if not p.is_file():

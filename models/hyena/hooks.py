@@ -12,19 +12,29 @@ TL drops the batch axis and slices positions on dim −2 (dim −3 for names end
 - `*.hook_filter`, `*.hook_filter_rev` are parameter-like [order−1, d, L] with no batch axis:
   `remove_batch_dim` and `pos_slice` do not apply, they are cached as they are;
 - `*.mixer.hook_v` is [b, L, d]: positions on dim −2, not −3.
+`hook_pos_embed` [L, d] has no batch axis either (positions are sliced, the batch is not dropped).
+
+`HyenaActivationCache` is what `HyenaLM.run_with_cache` returns: TL's ActivationCache with the
+same rules, and TL's `attn_out` read as Hyena's mixer output.
 """
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
+import re
+from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch.nn as nn
 import torch.nn.modules.module as _nn_module
-from transformer_lens.utilities import Slice
+from transformer_lens import ActivationCache
+from transformer_lens.utilities import Slice, get_act_name
 from transformer_lens.utilities import remove_batch_dim as drop_batch_dim
 
 PARAM_LIKE = (".hook_filter", ".hook_filter_rev")
+NO_BATCH = ("hook_pos_embed",)  # besides PARAM_LIKE: the full names with no batch axis
 MIXER = "blocks.{l}.mixer."  # the prefix of the Hyena operator's hooks in HyenaLM
 
 
@@ -59,6 +69,8 @@ HOOKS: tuple[Hook, ...] = (
          "learned absolute position embedding, no batch axis (added to every row)"),
     Hook("blocks.{l}.hook_resid_pre", "[b, L, d]", "hyena, attention", "always", "block 0",
          "residual stream into block l"),
+    Hook("blocks.{l}.ln1.hook_scale", "[b, L, 1]", "hyena, attention", "always", "no",
+         "ln1 scale √(var + eps) per position (TransformerLens' `apply_ln_to_stack` divides by it)"),
     Hook("blocks.{l}.ln1.hook_normalized", "[b, L, d]", "hyena, attention", "always", "no",
          "ln1 after centering and scaling, before its affine map"),
     Hook(MIXER + "hook_in_proj", "[b, L, (N+1)·d]", "hyena", "always", "no",
@@ -81,6 +93,8 @@ HOOKS: tuple[Hook, ...] = (
          "mixer output, before dropout and the residual add"),
     Hook("blocks.{l}.hook_resid_mid", "[b, L, d]", "hyena, attention", "always", "yes",
          "residual stream after the mixer"),
+    Hook("blocks.{l}.ln2.hook_scale", "[b, L, 1]", "hyena, attention", "always", "no",
+         "ln2 scale √(var + eps) per position (TransformerLens' `apply_ln_to_stack` divides by it)"),
     Hook("blocks.{l}.ln2.hook_normalized", "[b, L, d]", "hyena, attention", "always", "no",
          "ln2 after centering and scaling, before its affine map"),
     Hook("blocks.{l}.mlp.hook_pre", "[b, L, d_inner]", "hyena, attention", "always", "no",
@@ -91,6 +105,8 @@ HOOKS: tuple[Hook, ...] = (
          "MLP output, before dropout and the residual add"),
     Hook("blocks.{l}.hook_resid_post", "[b, L, d]", "hyena, attention", "always", "yes",
          "residual stream out of block l"),
+    Hook("ln_final.hook_scale", "[b, L, 1]", "hyena, attention", "always", "no",
+         "final LayerNorm scale √(var + eps) per position (TransformerLens' `apply_ln_to_stack` divides by it)"),
     Hook("ln_final.hook_normalized", "[b, L, d]", "hyena, attention", "always", "no",
          "final LayerNorm after centering and scaling, before its affine map"),
 )
@@ -131,6 +147,13 @@ def lm_hook_names(n_layers: int, order: int, causal: bool, learned_pos: bool) ->
 
 def is_param_like(name: str) -> bool:
     return name.endswith(PARAM_LIKE)
+
+
+def has_batch_axis(name: str) -> bool:
+    """False for the hooks the table documents without a batch axis (filters, hook_pos_embed),
+    and for their gradients."""
+    name = name.removesuffix("_grad")
+    return not (is_param_like(name) or name in NO_BATCH)
 
 
 def default_capture_hooks(model: nn.Module) -> list[str]:
@@ -188,7 +211,7 @@ def _as_filter(names_filter) -> Callable[[str], bool]:
 def split_caching_hooks(parent, hook_dict, names_filter, incl_bwd, device, remove_batch_dim, cache, pos_slice):
     """TL's caching hooks for ordinary names, ours for the special ones (see module doc)."""
     keep = _as_filter(names_filter)
-    special = [n for n in hook_dict if keep(n) and (is_param_like(n) or n.endswith("mixer.hook_v"))]
+    special = [n for n in hook_dict if keep(n) and (not has_batch_axis(n) or n.endswith("mixer.hook_v"))]
     special_set = set(special)
     cache, fwd, bwd = parent(
         names_filter=lambda n: keep(n) and n not in special_set, incl_bwd=incl_bwd, device=device,
@@ -198,9 +221,9 @@ def split_caching_hooks(parent, hook_dict, names_filter, incl_bwd, device, remov
 
     def save(tensor, hook, is_backward=False):
         t = tensor.detach().to(device)
+        if remove_batch_dim and has_batch_axis(hook.name):
+            t = drop_batch_dim(t)
         if not is_param_like(hook.name):
-            if remove_batch_dim:
-                t = drop_batch_dim(t)
             t = slicer.apply(t, dim=-2)
         cache[hook.name + ("_grad" if is_backward else "")] = t
 
@@ -209,3 +232,93 @@ def split_caching_hooks(parent, hook_dict, names_filter, incl_bwd, device, remov
         if incl_bwd:
             bwd.append((name, lambda t, hook: save(t, hook, True)))
     return cache, fwd, bwd
+
+
+# TransformerLens' per-block names that HyenaLM spells its own way: TL's cache helpers
+# (`decompose_resid`) read `attn_out`, which in a Hyena block is the mixer's output.
+_TL_ALIASES = ((re.compile(r"(blocks\.\d+\.)hook_attn_out"), r"\1hook_mixer_out"),)
+
+
+def tl_alias(name: str) -> str | None:
+    """HyenaLM's name for TransformerLens name `name`, or None when it has no alias."""
+    for pattern, repl in _TL_ALIASES:
+        if pattern.fullmatch(name):
+            return pattern.sub(repl, name)
+    return None
+
+
+class HyenaActivationCache(ActivationCache):
+    """TransformerLens' ActivationCache for a HyenaLM (`run_with_cache` returns it), with:
+
+    - dict-style `get(key, default)` and `key in cache` (exact names, as the plain dict had);
+    - TL's `attn_out` read as the mixer output: `cache["attn_out", l]` and
+      `blocks.{l}.hook_attn_out` resolve to `blocks.{l}.hook_mixer_out` (a key alias, not a
+      second hook: the tensor is stored and listed once, under Hyena's name);
+    - the hooks without a batch axis (`has_batch_axis`: filters [N−1, d, L], hook_pos_embed
+      [L, d]) left alone by `remove_batch_dim` and `apply_slice_to_batch_dim` and not counted
+      for the batch size; `decompose_resid` broadcasts hook_pos_embed over the batch.
+    """
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            alias = tl_alias(self._full_name(key))
+            if alias is None or alias not in self.cache_dict:
+                raise
+            return self.cache_dict[alias]
+
+    def _full_name(self, key) -> str:
+        """TL's name for a key: a name or shorthand, or (name, layer[, layer_type]) with a
+        negative layer counted from the end."""
+        if isinstance(key, str):
+            return get_act_name(key)
+        key = tuple(key)
+        if len(key) > 1 and key[1] is not None and key[1] < 0:
+            key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+        return get_act_name(*key)
+
+    def __contains__(self, key) -> bool:
+        return key in self.cache_dict
+
+    def get(self, key, default: Any = None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def _batch_size(self) -> int:
+        counts = Counter(v.size(0) for k, v in self.cache_dict.items() if has_batch_axis(k) and v.ndim > 0)
+        return counts.most_common(1)[0][0] if counts else 1
+
+    def remove_batch_dim(self, batch_size: int | None = None) -> "HyenaActivationCache":
+        """TL's `remove_batch_dim` (batch size 1 only), leaving the hooks without a batch axis."""
+        if not self.has_batch_dim:
+            logging.warning("Tried removing batch dimension after already having removed it.")
+            return self
+        batch_size = self._batch_size() if batch_size is None else batch_size
+        assert batch_size == 1, f"Cannot remove batch dimension from cache with batch size {batch_size}"
+        for k, v in self.cache_dict.items():
+            if has_batch_axis(k) and v.ndim > 0 and v.size(0) == 1:
+                self.cache_dict[k] = v[0]
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice) -> "HyenaActivationCache":
+        """TL's batch slice on the hooks with a batch axis; the others are kept as they are."""
+        batch_slice = batch_slice if isinstance(batch_slice, Slice) else Slice(batch_slice)
+        assert self.has_batch_dim or batch_slice.mode == "empty", "Cannot index into a cache without a batch dim"
+        sliced = {k: batch_slice.apply(v, dim=0) if has_batch_axis(k) and v.ndim > 0 and self.has_batch_dim else v
+                  for k, v in self.cache_dict.items()}
+        return HyenaActivationCache(sliced, self.model,
+                                    has_batch_dim=self.has_batch_dim and batch_slice.mode != "int")
+
+    def decompose_resid(self, *args, **kwargs):
+        """TL's `decompose_resid`; hook_pos_embed ([L, d], no batch axis) enters broadcast to
+        hook_embed's shape, so the components stack and sum to the residual stream."""
+        pos, emb = self.cache_dict.get("hook_pos_embed"), self.cache_dict.get("hook_embed")
+        if pos is None or emb is None or pos.shape == emb.shape:
+            return super().decompose_resid(*args, **kwargs)
+        view = copy.copy(self)  # the same cache with the broadcast position embedding
+        view.cache_dict = {**self.cache_dict, "hook_pos_embed": pos.expand_as(emb)}
+        return ActivationCache.decompose_resid(view, *args, **kwargs)

@@ -161,7 +161,7 @@ class RunDir:
 
     def run_config(self):
         """The run's resolved, validated `RunConfig` (models.config.schema)."""
-        return validate_config(self.read_config())
+        return validate_config(self.read_config(), source=self.config, run_dir=self.root)
 
     # ---- checkpoints and captures --------------------------------------------------------
     def list_checkpoints(self) -> list[tuple[int, Path]]:

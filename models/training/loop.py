@@ -66,7 +66,11 @@ class Trainer:
         self.cfg = resolve_config(cfg, data_vocab_size(self.data), int(self.data.train_inputs.shape[1]))
         self.hash = config_hash(self.cfg)
         self.kind = self.cfg.model.kind
-        self.model = build_model(self.cfg.model, seed=self.cfg.seed).to(self.device)
+        model = build_model(self.cfg.model, seed=self.cfg.seed)
+        # TransformerBridge.to prints "Moving model to device" unless told not to; on stdout it
+        # lands in the middle of a progress bar (the demo's, or this run's on a resume)
+        self.model = (model.to(self.device, print_details=False) if self.kind == "attention"
+                      else model.to(self.device))
         self.model.train()
         self.batches = Batches(self.cfg, self.data, self.device)
         self.total = self.batches.total_steps
@@ -96,8 +100,8 @@ class Trainer:
         run = self.run
         run.cleanup_temp()
         if run.is_run():
-            stored = resolve_config(validate_config(run.read_config()), data_vocab_size(self.data),
-                                    int(self.data.train_inputs.shape[1]), check=False)
+            raw = validate_config(run.read_config(), source=run.config, run_dir=run.root)
+            stored = resolve_config(raw, data_vocab_size(self.data), int(self.data.train_inputs.shape[1]), check=False)
             diff = config_diff(stored, self.cfg)
             if diff:
                 shown = "; ".join(diff[:4]) + (" …" if len(diff) > 4 else "")
@@ -190,7 +194,9 @@ class Trainer:
             t0 = time.perf_counter()
             if resumed is None:
                 self._checkpoint(0, None, t0)
-            bar = _progress(self.total, step, self.quiet)
+            # a finished run (or one already at --max-steps) trains nothing: no bar, whose first
+            # and closing draws would print two 100% lines
+            bar = _progress(self.total, step, self.quiet or step >= self.total or self._stop_here(step))
             loss_sum, loss_n = 0.0, 0
             nxt = self.schedule.next_after(step)
             try:
