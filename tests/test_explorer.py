@@ -26,7 +26,7 @@ from models.training.loop import train
 from reports import write_report
 from reports.explorer import MAX_STEPS, choose_steps, explorer_data
 from reports.rundata import load_run_data
-from tests.test_report import _chromium, _run_chromium
+from tests.test_report import _chromium, page_check
 
 # 23 checkpoints (every 2 steps of 44), so that the explorer has to choose ≤ 20 of them
 TINY = ["schedule.steps=44", "checkpoints.every=2", "checkpoints.adaptive=false", "model.d_model=8",
@@ -140,17 +140,7 @@ SLIDER_CHECK = ('<script>window.addEventListener("load",function(){var x=documen
 
 
 def test_explorer_slider_in_headless_chromium(built, tmp_path):
-    exe = _chromium()
-    page = (built["out"] / "index.html").read_text(encoding="utf-8")
-    check = built["out"] / "_explorer_check.html"
-    check.write_text(page.replace("</body>", SLIDER_CHECK + "</body>"), encoding="utf-8")
-    try:
-        res = _run_chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
-    finally:
-        check.unlink()
-    m = re.search(r'<pre id="hl-slidercheck">(.*?)</pre>', res.stdout, re.S)
-    assert m, f"no slider report in the dumped DOM; chromium rc={res.returncode}: {res.stderr[-800:]}"
-    got = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    got = page_check(_chromium(), tmp_path, built["out"], SLIDER_CHECK, "hl-slidercheck")
     # accuracy, 2 maps, 2 filters, 2 bar charts; every one redrawn (the run changes from step 0 to 44)
     assert got["n"] == 7 and all(got["changed"]), got
     assert not any(got["blank"])

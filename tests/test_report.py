@@ -356,6 +356,22 @@ def _chromium() -> str:
                 "`apt-get install -y chromium`, as .ci/run does)")
 
 
+def page_check(exe: str, tmp: Path, out_dir: Path, script: str, pre_id: str):
+    """Load a copy of out_dir/index.html with `script` added (beside the original, so relative
+    image paths hold), dump its DOM after load, and return the JSON the script wrote into
+    <pre id=pre_id>."""
+    page = (out_dir / "index.html").read_text(encoding="utf-8")
+    check = out_dir / f"_{pre_id}.html"
+    check.write_text(page.replace("</body>", script + "</body>"), encoding="utf-8")
+    try:
+        res = _run_chromium(exe, tmp, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
+    finally:
+        check.unlink()
+    m = re.search(rf'<pre id="{pre_id}">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"no {pre_id} report in the dumped DOM; chromium rc={res.returncode}: {res.stderr[-800:]}"
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
 def _run_chromium(exe: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
                           capture_output=True, text=True, timeout=120)
@@ -365,17 +381,8 @@ def test_report_in_headless_chromium(report_dir: Path, tmp_path: Path):
     exe = _chromium()
     # every image loads: a copy of the page with a checking script, beside the original (same
     # relative image paths), its DOM dumped after load
-    page = (report_dir / "index.html").read_text(encoding="utf-8")
-    n_img = page.count("<img ")
-    check = report_dir / "_chromium_check.html"
-    check.write_text(page.replace("</body>", IMG_CHECK + "</body>"), encoding="utf-8")
-    try:
-        res = _run_chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
-    finally:
-        check.unlink()
-    m = re.search(r'<pre id="hl-imgcheck">(.*?)</pre>', res.stdout, re.S)
-    assert m, f"no image report in the dumped DOM; chromium rc={res.returncode}: {res.stderr[-800:]}"
-    imgs = json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    n_img = (report_dir / "index.html").read_text(encoding="utf-8").count("<img ")
+    imgs = page_check(exe, tmp_path, report_dir, IMG_CHECK, "hl-imgcheck")
     assert len(imgs) == n_img >= 9
     broken = [src for src, complete, width in imgs if not (complete and width > 0)]
     assert not broken, f"images that did not load: {broken}"
