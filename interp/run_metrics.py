@@ -1,6 +1,6 @@
 """Every interp metric at every captured checkpoint: `hyenalens probe RUN_DIR` (`probe_run`).
 
-Output: one tidy table RUN_DIR/analysis/metrics.csv (written atomically), one row per
+Output: one tidy table RUN_DIR/analysis/metrics.csv (interp/metrics_table.py, atomically), one row per
 (step, metric, layer, hook, role, target), sorted by step, columns `METRIC_COLUMNS`:
 
     step     checkpoint step
@@ -57,14 +57,12 @@ example added: one forward and one backward on one row, its rows are kept.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -81,6 +79,7 @@ from interp.attribution import attribution_metrics
 from interp.capture import capture_model, default_hooks, example_row, load_step, n_layers_of
 from interp.decompose import source_example, source_metrics
 from interp.filters import LayerFilters, filter_metrics, model_filters
+from interp.metrics_table import write_metrics_csv
 from interp.patching import patch_recovery
 from interp.probe_set import CAPTURE_VERSION, ProbeSet
 from interp.probes import probe_hooks, run_probes
@@ -89,8 +88,6 @@ from interp.sources import projectable
 from interp.swap import probe_task, probe_vocab_size, swap_metrics, value_candidates, value_swap
 
 METRICS_VERSION = 2
-METRIC_COLUMNS = ("step", "metric", "layer", "value", "target", "hook", "role", "control", "ci", "n", "floor")
-_KEY = ("metric", "layer", "hook", "role", "target")
 
 
 @dataclass
@@ -375,42 +372,3 @@ def _write_source_example(run: RunDir, step: int, cfg: Any, ps: Any, signature: 
     vocab = mqar_vocab(v) if probe_task(ps) == "mqar" else icl_vocab(v)
     ex["str_tokens"] = [vocab[t] if 0 <= t < len(vocab) else str(t) for t in ex["tokens"]]
     atomic_write_json(path, dict(ex, step=step, signature=signature))
-
-
-def _key(r: dict[str, Any]) -> tuple:
-    return tuple("" if r.get(k) is None else str(r.get(k)) for k in _KEY)
-
-
-def tidy(rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Rows with every METRIC_COLUMNS key (strings "" and numbers NaN where absent), and the
-    floor joined on (metric, layer, hook, role, target)."""
-    fl = {_key(r): r["value"] for r in floor_rows or []}
-    out = []
-    for r in rows:
-        row = {}
-        for c in METRIC_COLUMNS:
-            v = r.get(c)
-            if c in ("target", "hook", "role", "metric"):
-                row[c] = "" if v is None else str(v)
-            elif c == "floor":
-                row[c] = fl.get(_key(r), float("nan"))
-            elif c in ("step", "layer"):
-                row[c] = -1 if v is None else int(v)
-            else:
-                row[c] = float("nan") if v is None else v
-        out.append(row)
-    out.sort(key=lambda r: (r["step"], r["metric"], r["layer"], r["hook"], r["role"], r["target"]))
-    return out
-
-
-def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]], floor_rows: Sequence[dict[str, Any]] | None) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), lineterminator="\n")
-    w.writeheader()
-    for r in tidy(rows, floor_rows):
-        w.writerow({k: (_fmt(v) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(v: float) -> str:
-    return "" if math.isnan(v) else repr(float(v))

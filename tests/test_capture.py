@@ -13,7 +13,8 @@ import interp.capture as capture
 import interp.run_metrics as run_metrics
 from interp.capture import capture_model, capture_run
 from interp.probe_set import SLOTS, ProbeSet, make_probe_set
-from interp.run_metrics import METRIC_COLUMNS, MetricOptions, probe_run
+from interp.metrics_table import METRIC_COLUMNS
+from interp.run_metrics import MetricOptions, probe_run
 from models import build_model
 from models.errors import UserError
 from models.rundir.layout import RunDir
