@@ -255,12 +255,12 @@ def _part_todo(path: Path, signature: dict[str, Any], force: bool, want_example:
     return "example" if want_example and "source_example" not in data else None
 
 
-def _example_terms(model: nn.Module, ps: Any) -> dict[str, Any] | None:
-    """The per-source terms of the maps' example row (`example_row`), with its string tokens;
-    None when the layers have no per-source split (interp.sources.projectable)."""
+def _example_terms(model: nn.Module, ps: Any, row: int) -> dict[str, Any] | None:
+    """The per-source terms of probe row `row`, with its string tokens; None when the layers
+    have no per-source split (interp.sources.projectable)."""
     if not projectable(model):
         return None
-    ex = source_example(model, ps, value_candidates(ps), row=example_row(ps))
+    ex = source_example(model, ps, value_candidates(ps), row=row)
     v = probe_vocab_size(ps)
     vocab = mqar_vocab(v) if probe_task(ps) == "mqar" else icl_vocab(v)
     ex["str_tokens"] = [vocab[t] if 0 <= t < len(vocab) else str(t) for t in ex["tokens"]]
@@ -324,7 +324,7 @@ def probe_run(
         if need[s] == "example":  # only the explorer's example is missing: keep the rows
             old = _read_part_data(run.part_file(s), signature) or {}
             model = load_checkpoint_model(run_dir, s, cfg)
-            example = _example_terms(model, ps)
+            example = _example_terms(model, ps, example_row(ps))
             _write_part(run.part_file(s), signature, old["rows"], dict(old.get("seconds") or {},
                         source_example=time.perf_counter() - t0), source_example=example)
             del model
@@ -337,7 +337,7 @@ def probe_run(
         extra = {}
         if opt.sources:
             t1 = time.perf_counter()
-            extra["source_example"] = _example_terms(model, ps)
+            extra["source_example"] = _example_terms(model, ps, example_row(ps))
             secs["source_example"] = time.perf_counter() - t1
         _write_part(run.part_file(s), signature, rows, secs, **extra)
         del acts, model
@@ -364,11 +364,6 @@ def _write_source_example(run: RunDir, step: int, cfg: Any, ps: Any, signature: 
             old = None
         if isinstance(old, dict) and old.get("step") == step and old.get("signature") == signature:
             return
-    model = load_checkpoint_model(run.root, step, cfg)
-    if not projectable(model):
-        return
-    ex = source_example(model, ps, value_candidates(ps))
-    v = probe_vocab_size(ps)
-    vocab = mqar_vocab(v) if probe_task(ps) == "mqar" else icl_vocab(v)
-    ex["str_tokens"] = [vocab[t] if 0 <= t < len(vocab) else str(t) for t in ex["tokens"]]
-    atomic_write_json(path, dict(ex, step=step, signature=signature))
+    ex = _example_terms(load_checkpoint_model(run.root, step, cfg), ps, row=0)
+    if ex is not None:
+        atomic_write_json(path, dict(ex, step=step, signature=signature))
