@@ -79,7 +79,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
     hooks = [h for item in (args.hooks or []) for h in item.split(",") if h]
     out = capture_run(args.run_dir, hooks=hooks or None, n_probe=args.n_probe, seed=args.probe_seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, limit=args.limit)
     if not args.quiet:
         print(f"{args.run_dir}: captured {len(out['captured'])} checkpoint(s), "
               f"{len(out['skipped'])} already captured")
@@ -143,12 +143,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
                         "train or import a run first")
     if len(runs) == 1 and args.out is None:
         formation = analyze_run(runs[0])
-        jumps = ", ".join(f"{j['midpoint']:.0f}" for j in formation["transitions"].get("test_acc_last", []))
+        trs = ", ".join(f"{j['midpoint']:.0f}" for j in formation["transitions"].get("test_acc_last", []))
+        rj = formation["recall_jump"]
+        jump = (f"recall jump at {rj['midpoint']:.0f}" if rj else formation["recall_jump_status"])
         rc, mech = formation["recall_circuit"], formation.get("mechanism") or {}
         circuit = (f"recall circuit (swap selectivity) at {rc['midpoint']:.0f}" if rc["status"] == "measured"
                    else f"recall circuit: {rc['status']}")
-        print(f"{runs[0]}: {len(formation['transitions'])} curves timed, test_acc_last jumps at "
-              f"{jumps or 'no transition'}; {circuit}; mechanism: {mech.get('verdict', 'not measured')}; "
+        print(f"{runs[0]}: {len(formation['transitions'])} curves timed; test_acc_last transitions at "
+              f"{trs or 'none'}; {jump}; {circuit}; mechanism: {mech.get('verdict', 'not measured')}; "
               f"wrote {runs[0]}/analysis/formation.json")
         _say_missing(runs)
         return 0
@@ -188,10 +190,10 @@ def _cmd_import_safari(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hyenalens.pipeline import demo
+    from hyenalens.pipeline import DEMO, QUICK, demo
 
     demo(args.out, seeds=args.seeds, attention_seeds=args.attention_seeds, workers=args.workers,
-         quiet=args.quiet, overrides=tuple(args.overrides))
+         quiet=args.quiet, overrides=tuple(args.overrides), plan=QUICK if args.quick else DEMO)
     return 0
 
 
@@ -269,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe-set size on first capture (default 256)")
     c.add_argument("--probe-seed", type=int, default=None, metavar="S",
                    help="seed of the probe-set draw on first capture (default 0)")
+    c.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="capture at most N checkpoints, dense around the accuracy transitions "
+                        "(default: all; the first and last are always kept)")
     _threads_and_quiet(c)
     c.set_defaults(func=_cmd_capture)
 
@@ -301,16 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     _threads_and_quiet(i)
     i.set_defaults(func=_cmd_import_safari)
 
-    d = sub.add_parser("demo", help="the main job: train the quick presets, capture, probe, analyze, report",
-                       description="Train quick AR presets (causal/all, causal/last, noncausal/last x seeds, "
-                                   "plus attention), then capture, probe, analyze and report. Rerunning "
-                                   "resumes: finished work is not redone.")
+    d = sub.add_parser("demo", help="the main job: train AR runs in every regime, capture, probe, analyze, report",
+                       description="Train AR (safari's setup: vocab 10, length 64) in three Hyena regimes "
+                                   "(causal/all, causal/last, noncausal/last) x seeds plus causal attention, "
+                                   "with one recipe and step budget for all, then capture, probe, analyze and "
+                                   "report (about 10 minutes on 2 cores). --quick: a 2-minute smoke version "
+                                   "that stops at stage one. Rerunning resumes: finished work is not redone.")
     d.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every run")
     d.add_argument("--out", default="hyenalens-demo", metavar="DIR")
     d.add_argument("--seeds", type=int, default=3, help="seeds per Hyena regime (default 3)")
     d.add_argument("--attention-seeds", type=int, default=1, help="seeds of the attention baseline (default 1)")
     d.add_argument("--workers", type=int, default=None, help="processes (default: the CPU cores)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--quick", action="store_true",
+                   help="the 2-minute smoke version (length 16; its Hyena runs stop at stage one)")
     d.set_defaults(func=_cmd_demo)
     w = sub.add_parser("sweep", help="run a grid of runs (regimes x parameters x seeds), each train → analyze",
                        description="Expand SWEEP (a shipped sweep name or a YAML file, docs/sweeps.md) into runs "

@@ -246,6 +246,9 @@ def analyze_sweep(sweep_dir: str | Path, out_path: str | Path | None = None, *,
     out: dict[str, Any] = {"group_by": "sweep point", "sweep": record.get("name"), "confidence": 0.95, "groups": {}}
     for name, pts in groups.items():
         res = analyze_group([sweep_dir / "runs" / p["name"] for p in pts], group_by="regime")
+        out.setdefault("excluded", []).extend(res["excluded"])  # unfinished runs: named, in no estimate
+        if not res["groups"]:
+            continue  # every run of this point is unfinished
         (regime, summary), = res["groups"].items()  # a sweep group differs only by seed: one regime
         out["groups"][name] = {**summary, "regime": regime, "sweep_regime": pts[0]["regime"],
                                "params": pts[0]["params"], "seeds": [p["seed"] for p in pts],
@@ -261,9 +264,9 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
              f"{len(res['ran'])} run now, {len(res['skipped'])} already done, {len(res['failed'])} failed; "
              f"{res['elapsed']:.0f} s wall, worker seconds " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]
     for name, g in ((res.get("analysis") or {}).get("groups") or {}).items():
-        jump = g["jump_midpoint"]["steps"]
+        jump = g["recall_jump_midpoint"]["steps"]
         ci = f" (95% CI {jump['lo']:.0f}-{jump['hi']:.0f})" if jump.get("lo") is not None else ""
-        where = f"jump at step {jump['value']:.0f}{ci}" if jump.get("value") is not None else "no jump"
+        where = f"recall jump at step {jump['value']:.0f}{ci}" if jump.get("value") is not None else "no recall jump"
         lines.append(f"  {name}: {g['n_runs']}/{g['n_planned']} runs, {where} in {jump['n']} run(s), "
                      f"seed claim {g['seed_claim']['verdict']}")
     if res.get("analysis"):

@@ -44,9 +44,10 @@ from torch import Tensor
 from models.build import model_kind
 from models.errors import UserError
 from models.hyena.hooks import default_capture_hooks
-from models.rundir.io import atomic_save_tensors, load_tensors
+from models.rundir.io import atomic_save_tensors, load_tensors, read_jsonl
 from models.rundir.layout import RunDir, capture_map_key
 from models.rundir.run import load_checkpoint_model, run_test_split
+from interp.checkpoint_select import select_steps
 from interp.implicit_attention import implicit_attention
 from interp.probe_set import (CAPTURE_VERSION, DEFAULT_N_CIRCUIT, DEFAULT_N_PROBE, DEFAULT_PROBE_SEED,
                               SLOTS, ProbeSet, make_probe_set)
@@ -216,10 +217,12 @@ def capture_run(
     steps: Iterable[int] | None = None,
     batch_size: int = 256,
     dtype: torch.dtype = torch.float16,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Capture every checkpoint of a run (see the module doc); already captured ones are
     skipped, and one captured before the report's maps were stored only gets them added.
-    `hooks` are added to the defaults. Returns {"captured": [steps] (maps added included),
+    `hooks` are added to the defaults. `limit` keeps at most that many of the checkpoints
+    (`steps`, else all saved ones), dense around the transitions (interp.checkpoint_select). Returns {"captured": [steps] (maps added included),
     "skipped": [steps], "maps_added": [steps], "probe_set": path}."""
     from tqdm.auto import tqdm
 
@@ -231,6 +234,9 @@ def capture_run(
     if steps is not None:
         wanted = {int(s) for s in steps}
         ckpts = [(s, p) for s, p in ckpts if s in wanted]
+    if limit is not None:
+        kept = set(select_steps(read_jsonl(run.metrics), [s for s, _ in ckpts], limit))
+        ckpts = [(s, p) for s, p in ckpts if s in kept]
     if not ckpts:
         raise UserError(f"{run.root} has no checkpoints to capture yet")
     extra = set(hooks or ())

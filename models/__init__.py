@@ -14,6 +14,7 @@ _EXPORTS = {
     "build_model": "models.build", "model_kind": "models.build", "UserError": "models.errors",
     "ICLData": "models.data.synthetics", "Roles": "models.data.synthetics", "icl_dataset": "models.data.synthetics",
     "train_acc_all_ceiling": "models.data.synthetics", "mqar_dataset": "models.data.mqar",
+    "no_recall_baseline": "models.data.baseline",
 }
 __all__ = sorted(_EXPORTS)
 

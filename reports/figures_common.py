@@ -41,6 +41,10 @@ ACC_STYLE = {  # curve: (label, color, linestyle)
     "train_acc_last": ("train acc (last position)", "#66a182", "-"),
 }
 CEILING_COLOR = "#555555"
+JUMP_COLOR = "#7a1f5c"  # the recall jump (onset→end band, dashed midpoint) in every figure
+# the widest figure, in inches: at DPI 100 it is 1240 px, so that it shows at its own size (not
+# scaled down, its text still legible) in the report's 1248 px column at a 1280 px window
+PAGE_W = 12.4
 
 
 class FigureSkipped(Exception):
@@ -77,9 +81,26 @@ class ReportFigure(MplFigure):
 
 def new_figure(w: float, h: float) -> ReportFigure:
     """A pyplot-free figure (no backend, no pyplot state: safe in any process) with the report
-    theme (seaborn's, set globally as `sns.set_theme` does)."""
+    theme (seaborn's, set globally as `sns.set_theme` does), at most `PAGE_W` wide."""
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
-    return ReportFigure(figsize=(w, h), dpi=DPI, layout="constrained")
+    return ReportFigure(figsize=(min(float(w), PAGE_W), h), dpi=DPI, layout="constrained")
+
+
+def legend_entries(axes: Iterable[Any]) -> tuple[list[Any], list[str]]:
+    """The labelled artists of `axes`, one per label (the first drawn), in drawing order."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
+
+
+def legend_below(fig: ReportFigure, handles: list[Any], labels: list[str], ncol: int = 4,
+                 fontsize: float = 8.0) -> None:
+    """One figure legend under the panels (outside every axes: it never covers data)."""
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=max(1, min(ncol, len(labels))),
+                   fontsize=fontsize, frameon=False)
 
 
 def finish(fig: ReportFigure, out_dir: str | Path | None, name: str, caption: str) -> ReportFigure:
@@ -126,9 +147,9 @@ def use_log_x(ax, steps) -> None:
 
 
 def pick_steps(available: list[int], jump: dict[str, float] | None) -> list[tuple[int, str]]:
-    """(step, label) of init / onset / midpoint / end / final among `available` (nearest in
-    log-step); without a jump: init, two evenly spaced in log-step, final. Repeated steps are
-    merged, their labels joined."""
+    """(step, label) of init / jump onset / midpoint / end / final among `available` (nearest
+    in log-step); without a jump: init, two evenly spaced in log-step, final. Repeated steps are
+    merged into one label (`merge_labels`)."""
     if not available:
         return []
     av = np.asarray(sorted(set(int(s) for s in available)), dtype=float)
@@ -143,7 +164,19 @@ def pick_steps(available: list[int], jump: dict[str, float] | None) -> list[tupl
     for target, label in want:
         s = int(av[int(np.argmin(np.abs(lx - math.log1p(max(target, 0.0)))))])
         picked.setdefault(s, []).append(label)
-    return [(s, "=".join(v)) for s, v in sorted(picked.items())]
+    return [(s, merge_labels(v)) for s, v in sorted(picked.items())]
+
+
+_JUMP_PARTS = ("onset", "midpoint", "end")
+
+
+def merge_labels(labels: list[str]) -> str:
+    """One label for the markers that fall on one stored step: the jump's parts as "jump onset",
+    "jump onset & midpoint", or "jump (onset to end)" when all three coincide; others joined by " & "."""
+    parts = [p for p in _JUMP_PARTS if p in labels]
+    jump = [] if not parts else ["jump (onset to end)" if len(parts) == 3 else "jump " + " & ".join(parts)]
+    rest = [lab for lab in labels if lab not in _JUMP_PARTS]
+    return " & ".join([lab for lab in rest if lab == "init"] + jump + [lab for lab in rest if lab != "init"])
 
 
 def log_norm(values: np.ndarray, floor_ratio: float = 1e-4) -> mcolors.LogNorm:

@@ -71,13 +71,14 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path | None = No
     h = max(3.2, 0.55 * len(names) + 1.6)
     h3 = max(3.2, 0.32 * len(ll_metrics) * max(1, len(names)) ** 0.5 + 1.6)
     fig = new_figure(16.0, max(h, h3) + 0.8)
-    ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1.1, 0.9, 1.2])
+    ax1, ax2, ax3 = fig.subplots(1, 3, width_ratios=[1.15, 0.8, 1.25])
 
     # (a) jump midpoints
     curves = ("test_acc_last", "train_acc_all", "train_acc_recallable")
     any_a = False
     for j, c in enumerate(curves):
         label, color, _ = ACC_STYLE[c]
+        label = "test acc: the recall jump" if c == "test_acc_last" else label
         for i, r in enumerate(names):
             st = regimes[r][f"midpoint_{c}"]
             any_a |= st["n"] > 0
@@ -85,12 +86,14 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path | None = No
     if any_a:
         _step_axis(ax1, [v for r in names for c in curves for v in _xs(regimes[r][f"midpoint_{c}"])],
                    "transition midpoint (training step)")
-        ax1.legend(fontsize=7, loc="best")
+        # under the figure, not on panel (a): inside, even a "best" spot covers points
+        fig.legend(*ax1.get_legend_handles_labels(), loc="outside lower left", ncol=3, fontsize=7.5, frameon=False,
+                   title="(a) curve", title_fontsize=7.5)
         ax1.set_yticks(range(len(names)), ylabels, fontsize=8)
     else:
         _no_data(ax1, "no accuracy transition detected in any run")
     ax1.set_ylim(len(names) - 0.5, -0.5)
-    ax1.set_title("(a) accuracy-jump midpoints\nmean ± 95% bootstrap CI; dots: runs", fontsize=10)
+    ax1.set_title("(a) transition midpoints\nmean ± 95% CI; dots: runs", fontsize=10)
 
     # (b) steps to 99% test accuracy
     any_b = False
@@ -102,14 +105,14 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path | None = No
         if nr:
             ax2.annotate(f"not reached: {nr}/{regimes[r]['n_runs']} runs", (0.98, i + 0.3),
                          xycoords=("axes fraction", "data"), ha="right", va="center", fontsize=8, color="#d1495b")
-    ax2.set_yticks(range(len(names)), ylabels, fontsize=8)
+    ax2.set_yticks(range(len(names)), [""] * len(names))  # the rows of (a): its labels serve both
     if any_b:
         _step_axis(ax2, [v for r in names for v in _xs(regimes[r]["steps_to_99"])],
                    "first step with test_acc_last ≥ 0.99")
     else:
-        _no_data(ax2, "no run reached 99% test accuracy", keep_y=True)
+        _no_data(ax2, "no run reached\n99% test accuracy", keep_y=True)
     ax2.set_ylim(len(names) - 0.5, -0.5)
-    ax2.set_title("(b) steps to 99% test accuracy\nmean ± 95% CI over runs that reached it", fontsize=10)
+    ax2.set_title("(b) steps to 99% test acc\nmean ± 95% CI (runs that reach it)", fontsize=10)
 
     # (c) lead / lag
     if ll_metrics:
@@ -130,11 +133,12 @@ def fig_comparison(regimes: dict[str, dict[str, Any]], out_dir: Path | None = No
                        title="regime", title_fontsize=7)
     else:
         _no_data(ax3, "no circuit-metric transitions\n(run `hyenalens analyze` on runs with captures)")
-    ax3.set_xlabel("metric midpoint − jump midpoint (log-steps; < 0 leads)")
-    ax3.set_title("(c) lead / lag vs the test-accuracy jump\nmean ± 95% CI; dots: runs", fontsize=10)
+    ax3.xaxis.set_major_locator(ticker.MaxNLocator(nbins=6))  # readable tick labels at any range
+    ax3.set_xlabel("metric midpoint − recall-jump midpoint (log-steps; < 0 leads)")
+    ax3.set_title("(c) lead / lag vs the recall jump\nmean ± 95% CI; dots: runs", fontsize=10)
     fig.suptitle("Figure 7 — regimes compared")
     return finish(fig, out_dir, "fig7_comparison.png",
                   "Regimes side by side: (a) midpoints of the test_acc_last, train_acc_all and train_acc_recallable "
                   "transitions; (b) first step with test accuracy ≥ 0.99 (runs that never reach it are counted); "
-                  "(c) each circuit metric's midpoint relative to the accuracy jump, in log-steps ln(step+1). "
+                  "(c) each circuit metric's midpoint relative to the recall jump, in log-steps ln(step+1). "
                   "Error bars: 95% percentile bootstrap over runs (none when n = 1).")

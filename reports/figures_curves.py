@@ -8,14 +8,17 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import transforms
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-from reports.figures_common import (ACC_STYLE, CEILING_COLOR, FigureSkipped, ReportFigure, finish, new_figure, plain,
-                                    shade_transitions, use_log_x)
+from reports.figures_common import (ACC_STYLE, CEILING_COLOR, JUMP_COLOR, FigureSkipped, ReportFigure, finish,
+                                    legend_below, legend_entries, new_figure, plain, shade_transitions, use_log_x)
 from reports.rundata import RunData, slugify
 
 # circuit metrics drawn in figure 2, in panel order; probes also draw their permutation control
@@ -31,16 +34,18 @@ TIMELINE_METRICS = (
     ("answer_acc", "model's answer accuracy (probe set)", "accuracy"),
 )
 # the position-swap test (interp/swap.py), drawn in two dedicated panels after TIMELINE_METRICS:
-# panel key: (title, unit, lines); a line: (metric, label, color, linestyle)
+# panel key: (title, unit, lines); a line: (metric, label, color, linestyle). Red: the value swap
+# (follow rate, logit drop); gold: the key swap; dotted: a control. None of these colors is a
+# layer's (viridis) or the jump's (purple), so one legend under the figure serves every panel.
 SWAP_PANELS = {
     "recall_swap": ("position swap: does the answer follow?", "fraction of instances", (
-        ("recall_swap_follow", "follow (swap at matching values)", "#1f4e9c", "-"),
-        ("recall_swap_control", "control (swap at other positions)", "#d1495b", ":"),
-        ("recall_swap_selectivity", "selectivity = follow − control", "#2a9d8f", "-"))),
+        ("recall_swap_follow", "follow (swap at matching values)", "#c0392b", "-"),
+        ("recall_swap_control", "control (swap at other positions)", "#c0392b", ":"),
+        ("recall_swap_selectivity", "selectivity = follow − control", "#e67e22", "-"))),
     "recall_swap_drops": ("position swap: answer-logit drop", "logit drop (clean − swapped)", (
-        ("recall_swap_drop", "value swap", "#1f4e9c", "-"),
-        ("recall_swap_key_drop", "key swap", "#edae49", "-"),
-        ("recall_swap_key_control_drop", "key-swap control", "#edae49", ":"))),
+        ("recall_swap_drop", "value swap", "#c0392b", "-"),
+        ("recall_swap_key_drop", "key swap", "#a67c00", "-"),
+        ("recall_swap_key_control_drop", "key-swap control", "#a67c00", ":"))),
 }
 # rows with their own panels or figure (swap panels here; source_* in figure 8, attr_* in 5,
 # patch_* in 6) never get a generic panel
@@ -49,48 +54,87 @@ _SKIP_SUFFIX = ("_control", "_selectivity", "_delta", "_delta_rel")
 
 
 # ------------------------------------------------------------------ figure 1
+BASELINE_COLOR = "#000000"
+LANE_NAMES = {"test_acc_last": "test (last)", "train_acc_all": "train (all)",
+              "train_acc_recallable": "train (recallable)", "train_acc_last": "train (last)"}
+
+
 def fig_training_curves(runs: list[RunData], regime: str, slug: str | None = None,
                         out_dir: Path | None = None) -> ReportFigure:
-    """One panel per run of a regime: the accuracy curves, their transition bands (onset→end
-    shaded, midpoint dashed) and the Bayes ceiling of train_acc_all (dashed grey). `slug` names
-    the file (default: the regime's slug); it is written to `out_dir` only when one is given."""
+    """One panel per run of a regime: the accuracy curves, the recall jump (onset→end shaded,
+    midpoint dashed) and the Bayes ceiling of train_acc_all (dashed grey); under it, a lane per
+    curve with that curve's transitions as bars (onset→end, ◆ midpoint), so that no two curves'
+    bands are drawn over each other. `slug` names the file (default: the regime's slug); it is
+    written to `out_dir` only when one is given."""
     slug = slugify(regime) if slug is None else slug
     n = len(runs)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = new_figure(max(9.0, 4.6 * cols), 3.4 * rows + 0.8)
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    fig = new_figure(max(8.0, 4.1 * cols), 4.2 * rows + 0.9)
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[3.4, 1.0] * rows)
+    first = None
     for i, rd in enumerate(runs):
-        ax = axes[i // cols][i % cols]
+        ax = fig.add_subplot(grid[2 * (i // cols), i % cols], sharey=first)
+        lane = fig.add_subplot(grid[2 * (i // cols) + 1, i % cols], sharex=ax)
+        first = first or ax
         m = rd.metrics
         use_log_x(ax, m["step"])
-        for curve, (label, color, ls) in ACC_STYLE.items():
-            if curve in m.columns and m[curve].notna().any():
-                ax.plot(m["step"], m[curve], color=color, ls=ls, lw=1.6, label=label, marker=".", ms=3)
-                shade_transitions(ax, rd.transitions.get(curve), color,
-                                  label=f"{curve} transition" if curve in ("test_acc_last", "train_acc_all") else None)
+        curves = [c for c in ACC_STYLE if c in m.columns and m[c].notna().any()]
+        for curve in curves:
+            label, color, ls = ACC_STYLE[curve]
+            ax.plot(m["step"], m[curve], color=color, ls=ls, lw=1.6, label=label, marker=".", ms=3)
         if "train_acc_all_ceiling" in m.columns and m["train_acc_all_ceiling"].notna().any():
             ax.plot(m["step"], m["train_acc_all_ceiling"], color=CEILING_COLOR, ls="--", lw=1.2,
                     label="train acc (all) Bayes ceiling")
+        base = _baseline(rd)
+        if base is not None:
+            ax.axhline(base, color=BASELINE_COLOR, ls=":", lw=1.3, label="no-recall baseline (test)")
+        jump = rd.jump()
+        if jump:
+            shade_transitions(ax, [dict(jump, onset=jump.get("onset", jump["midpoint"]),
+                                        end=jump.get("end", jump["midpoint"]))], JUMP_COLOR,
+                              label="the recall jump (onset→end; dashed: midpoint)", alpha=0.12, zorder=0)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("training step (symlog)")
-        ax.set_ylabel("accuracy (fraction correct)")
+        ax.set_ylabel("accuracy (fraction correct)" if i % cols == 0 else "")
+        ax.tick_params(labelbottom=False, labelleft=i % cols == 0)
         seed = "?" if rd.seed is None else rd.seed
-        none = "" if rd.transitions.get("test_acc_last") else " — no test-acc transition"
+        none = "" if jump else "\nno recall jump" if rd.transitions.get("test_acc_last") else "\nno test-acc transition"
         ax.set_title(f"seed {seed}: {plain(rd.name, 38)}{none}", fontsize=9)
-    for j in range(n, rows * cols):
-        axes[j // cols][j % cols].set_visible(False)
-    legend: dict[str, object] = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(lab, h)
-    handles, labels = list(legend.values()), list(legend)
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(f"Figure 1 — training curves, {plain(regime)} (bands: onset→end; dashed: midpoint)")
+        _transition_lanes(lane, rd, curves, show_names=i % cols == 0)
+    legend_below(fig, *legend_entries(fig.axes), ncol=3)
+    fig.suptitle(f"Figure 1 — training curves, {plain(regime)}")
     return finish(fig, out_dir, f"fig1_training_curves_{slug}.png",
-                  f"Training curves of every {regime} run, with each accuracy transition shaded from onset to "
-                  f"end (dashed line: midpoint) and the Bayes ceiling of train_acc_all (grey dashed). "
+                  f"Training curves of every {regime} run, with the recall jump shaded (purple, onset to end; "
+                  f"dashed: its midpoint), the Bayes ceiling of train_acc_all (grey dashed) and the no-recall "
+                  f"baseline of test_acc_last (black dotted, when known). Under each panel, one "
+                  f"lane per curve: each of that curve's transitions as a bar from onset to end in the curve's color "
+                  f"(◆: midpoint), so that the curves' transitions never overlap. "
                   f"Transitions: {'; '.join(sorted({r.transitions_source for r in runs}))}.")
+
+
+def _baseline(rd: RunData) -> float | None:
+    """The run's no-recall baseline on the test split (RunData.no_recall_baseline), if known."""
+    b = getattr(rd, "no_recall_baseline", None)
+    v = b.get("value") if isinstance(b, dict) else None
+    return float(v) if _finite_num(v) else None
+
+
+def _transition_lanes(lane, rd: RunData, curves: list[str], show_names: bool) -> None:
+    """A lane per curve under a figure-1 panel: bars onset→end and ◆ at the midpoint."""
+    for y, curve in enumerate(curves):
+        color = ACC_STYLE[curve][1]
+        for t in rd.transitions.get(curve) or []:
+            if not all(_finite_num(t.get(k)) for k in ("onset", "midpoint", "end")):
+                continue
+            lane.broken_barh([(float(t["onset"]), max(float(t["end"]) - float(t["onset"]), 0.0))], (y - 0.3, 0.6),
+                             facecolors=color, alpha=0.45, lw=0)
+            lane.plot([float(t["midpoint"])], [y], marker="D", ms=5, color=color, ls="none")
+    lane.set_ylim(len(curves) - 0.5, -0.5)
+    lane.set_yticks(range(len(curves)), [LANE_NAMES.get(c, c) for c in curves] if show_names else [], fontsize=7)
+    lane.grid(axis="y", visible=False)
+    lane.set_xlabel("training step (symlog)")
+    if show_names:
+        lane.set_ylabel("transitions", fontsize=8)
 
 
 # ------------------------------------------------------------------ figure 2
@@ -125,6 +169,19 @@ def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return out
 
 
+ALL_LAYERS_COLOR = "#222222"
+TEST_ACC_COLOR = "#888888"
+
+
+def _layer_colors(series: dict[str, list[tuple[str, pd.DataFrame]]]) -> dict[str, Any]:
+    """One color per line label over the whole figure (so one legend serves every panel): the
+    per-layer lines in viridis order, "all layers" near-black."""
+    labels = list(dict.fromkeys(lab for ss in series.values() for lab, _ in ss))
+    per_layer = sorted((lab for lab in labels if _layer_of(lab) >= 0), key=lambda lab: (_layer_of(lab), lab))
+    colors = dict(zip(per_layer, sns.color_palette("viridis", n_colors=max(2, len(per_layer)) + 1)))
+    return {lab: colors.get(lab, ALL_LAYERS_COLOR) for lab in labels}
+
+
 def fig_circuit_timelines(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     circ = rd.circuit
     if circ is None or circ.empty:
@@ -141,9 +198,11 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path | None = None) -> ReportFig
         steps = np.asarray(steps, dtype=float)
         return np.log1p(np.maximum(steps, 0.0)) - lm if jump else steps
 
+    series = {m: _series(circ[circ["metric"] == m]) for m, _, _ in metrics if m not in SWAP_PANELS}
+    colors = _layer_colors(series)
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig = new_figure(4.8 * cols, 3.5 * rows + 0.7)
+    fig = new_figure(4.1 * cols, 3.1 * rows + 1.3)
     axes = fig.subplots(rows, cols, squeeze=False)
     acc = rd.metrics[["step", "test_acc_last"]].dropna() if "test_acc_last" in rd.metrics else None
     for i, (metric, title, unit) in enumerate(metrics):
@@ -152,30 +211,41 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path | None = None) -> ReportFig
             df = _draw_swap(ax, circ, SWAP_PANELS[metric][2], xf, rd.transitions)
         else:
             df = circ[circ["metric"] == metric]
-            _draw_metric(ax, circ, metric, df, xf, rd.transitions)
-        ax.set_ylabel(unit)
-        ax.set_title(title, fontsize=10)
+            _draw_metric(ax, circ, metric, series[metric], colors, xf, rd.transitions)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.12 * (hi - lo))  # headroom: the ▼ row at the top never sits on a line
+        ax.set_ylabel(unit, fontsize=8)
+        ax.set_title(title, fontsize=9.5)
+        ax.tick_params(labelsize=7.5)
         if acc is not None and len(acc):
             ax2 = ax.twinx()
-            ax2.plot(xf(acc["step"]), acc["test_acc_last"], color="#888888", lw=1.2, alpha=0.7)
-            ax2.set_ylim(-0.03, 1.03)
-            ax2.set_ylabel("test accuracy", color="#888888", fontsize=8)
-            ax2.tick_params(axis="y", colors="#888888", labelsize=7)
+            ax2.plot(xf(acc["step"]), acc["test_acc_last"], color=TEST_ACC_COLOR, lw=1.2, alpha=0.7)
+            ax2.set_ylim(-0.03, 1.03 + 0.12 * 1.06)
+            ax2.set_yticks([0, 0.5, 1])
+            ax2.tick_params(axis="y", colors=TEST_ACC_COLOR, labelsize=7)
             ax2.grid(False)
         if jump:
             on, mid, end = (xf([jump.get(k, jump["midpoint"])])[0] for k in ("onset", "midpoint", "end"))
-            ax.axvspan(on, end, color="#1f4e9c", alpha=0.15, lw=0, label="accuracy jump (onset→end)")
-            ax.axvline(mid, color="#1f4e9c", lw=1.2, ls="--")
-            ax.set_xlabel("log-steps from the jump: ln(1+step) − ln(1+midpoint)", fontsize=8)
+            ax.axvspan(on, end, color=JUMP_COLOR, alpha=0.12, lw=0)
+            ax.axvline(mid, color=JUMP_COLOR, lw=1.2, ls="--")
+            ax.set_xlabel("ln(1+step) − ln(1+recall-jump midpoint)", fontsize=8)
         else:
             use_log_x(ax, df["step"])
-            ax.set_xlabel("training step (symlog; no accuracy jump detected)")
-        ax.legend(fontsize=6.5, loc="best", framealpha=0.7)
+            ax.set_xlabel("training step (symlog)", fontsize=8)
     for j in range(len(metrics), rows * cols):
         axes[j // cols][j % cols].set_visible(False)
-    where = (f"aligned to the test-accuracy jump in log-steps (x = 0 at its midpoint, step {jump['midpoint']:.0f}; "
-             f"x = −1 is the step where 1+step is e times smaller; band: onset→end)"
-             if jump else "no accuracy jump detected: absolute steps")
+    handles, labels = legend_entries(fig.axes)
+    style = [(Line2D([], [], color="#444444", ls=":", lw=1.2), "dotted: the control (probe: label permutation)"),
+             (Line2D([], [], color="#444444", ls="-.", lw=1.0), "dash-dot: the metric at random init (floor)"),
+             (Line2D([], [], color="#444444", marker="v", ls="none", ms=7), "the metric's transition midpoint"),
+             (Line2D([], [], color=TEST_ACC_COLOR, lw=1.2), "test accuracy (right axis, 0–1)")]
+    if jump:
+        style.append((Patch(color=JUMP_COLOR, alpha=0.25), "the recall jump (onset→end; dashed: midpoint)"))
+    legend_below(fig, handles + [h for h, _ in style], labels + [lab for _, lab in style], ncol=3, fontsize=7.5)
+    where = (f"aligned to the recall jump (of test_acc_last) in log-steps (x = 0 at its midpoint, "
+             f"step {jump['midpoint']:.0f}; "
+             f"x = −1 is the step where 1+step is e times smaller; purple band: onset→end)"
+             if jump else "no recall jump: absolute steps")
     swap = ""
     if any(m[0] in SWAP_PANELS for m in metrics):
         swap = (" Position-swap panels (interp/swap.py, all layers): follow = share of instances whose prediction "
@@ -188,7 +258,8 @@ def fig_circuit_timelines(rd: RunData, out_dir: Path | None = None) -> ReportFig
                   f"Circuit metrics per layer over training, {where}. Grey: test accuracy (right axis); dotted on "
                   f"the probe panels: the probe's label-permutation control (the same probe fit on shuffled training "
                   f"labels: chance level); dash-dot: the metric on the random-initialized model (floor); ▼: the "
-                  f"metric's own transition midpoint (formation.json).{swap}")
+                  f"metric's own transition midpoint (formation.json). One legend under the panels serves them all: "
+                  f"a line's color is its layer in every panel.{swap}")
 
 
 def _mark_transitions(ax, xf, trs: list[dict], color, label: str | None) -> bool:
@@ -201,25 +272,20 @@ def _mark_transitions(ax, xf, trs: list[dict], color, label: str | None) -> bool
     return bool(trs)
 
 
-def _draw_metric(ax, circ: pd.DataFrame, metric: str, df: pd.DataFrame, xf, transitions: dict) -> None:
+def _draw_metric(ax, circ: pd.DataFrame, metric: str, series: list[tuple[str, pd.DataFrame]],
+                 colors: dict[str, Any], xf, transitions: dict) -> None:
     """One circuit metric: a line per layer (and hook / target …), its floor (dash-dot) and,
-    for probes, the permutation control (dotted)."""
-    series = _series(df)
-    palette = sns.color_palette("viridis" if len(series) <= 4 else "husl", n_colors=max(2, len(series)))
-    marked = ctl_marked = False
-    for j, (lab, g) in enumerate(series):
-        c = palette[j % len(palette)]
+    for probes, the permutation control (dotted); colors from the figure's `colors`."""
+    for lab, g in series:
+        c = colors[lab]
         ax.plot(xf(g["step"]), g["value"], color=c, lw=1.6, marker=".", ms=4, label=lab)
         if "floor" in g.columns and g["floor"].notna().any():
             ax.axhline(float(g["floor"].mean()), color=c, ls="-.", lw=0.9, alpha=0.7)
-        trs = metric_transitions(transitions, metric, _layer_of(lab))
-        marked |= _mark_transitions(ax, xf, trs, c, None if marked else "metric's transition midpoint")
+        _mark_transitions(ax, xf, metric_transitions(transitions, metric, _layer_of(lab)), c, None)
         ctl = circ[(circ["metric"] == metric + "_control") & (circ["layer"] == _layer_of(lab))]
         if len(ctl):
             cg = ctl.groupby("step", as_index=False)["value"].mean().sort_values("step")
-            ax.plot(xf(cg["step"]), cg["value"], color=c, lw=1.0, ls=":",
-                    label=None if ctl_marked else "permutation control (chance)")
-            ctl_marked = True
+            ax.plot(xf(cg["step"]), cg["value"], color=c, lw=1.0, ls=":")
 
 
 def _draw_swap(ax, circ: pd.DataFrame, lines, xf, transitions: dict) -> pd.DataFrame:
@@ -312,7 +378,7 @@ def fig_attribution(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
         for k, ls in (("onset", ":"), ("midpoint", "--"), ("end", ":")):
             if k in jump:
                 ax.axvline(jump[k], color="#7a1f5c", lw=1.4, ls=ls, zorder=3,
-                           label="accuracy jump: midpoint (dashed), onset / end (dotted)" if k == "midpoint" else None)
+                           label="recall jump: midpoint (dashed), onset / end (dotted)" if k == "midpoint" else None)
     use_log_x(ax, steps)
     ax.set_xlim(steps.min(), steps.max())
     ax.set_ylim(0, 1)
@@ -326,4 +392,4 @@ def fig_attribution(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
         delta = f" Integrated-gradients completeness delta (relative): median {wide['attr_delta_rel'].median():.3f}."
     return finish(fig, out_dir, f"fig5_attribution_{rd.slug}.png",
                   "Share of |integrated-gradients attribution| on the token embeddings for the answer logit at "
-                  "the query, by role (stacked), across training; purple lines: the accuracy jump." + delta)
+                  "the query, by role (stacked), across training; purple lines: the recall jump." + delta)

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import matplotlib.colors as mcolors
 import numpy as np
 import seaborn as sns
 from matplotlib import transforms
@@ -99,7 +100,8 @@ def fig_filters(rd: RunData, out_dir: Path | None = None) -> list[ReportFigure]:
     fig.suptitle(f"Figure 3a — long-filter magnitudes at key checkpoints, {plain(rd.name, 50)} ({plain(rd.regime)})")
     first = finish(fig, out_dir, f"fig3_filters_{rd.slug}.png",
                    f"|h| per channel and lag (log color scale) at init / jump onset / midpoint / end / final "
-                   f"(nearest stored checkpoint), per layer; from the {source}."
+                   f"(nearest stored checkpoint; markers that fall on one checkpoint share its panel, e.g. "
+                   f"\"jump (onset to end)\"), per layer; from the {source}."
                    + (" Negative lags: the backward (non-causal) filter; dotted line: lag 0." if not rd.causal else ""))
     return [first, _fig_lag_profile(rd, steps, read, layers, source, out_dir)]
 
@@ -136,7 +138,7 @@ def _fig_lag_profile(rd: RunData, steps: list[int], read, layers: list[int], sou
     fig.suptitle(f"Figure 3b — lag profile across training, {plain(rd.name, 50)} ({plain(rd.regime)})")
     return finish(fig, out_dir, f"fig3_lag_profile_{rd.slug}.png",
                   f"Lag profile mean_c |h_c[lag]| normalized to sum 1, per stored step (rows; white dashed: the "
-                  f"step nearest the accuracy-jump midpoint), per layer; from the {source}.")
+                  f"step nearest the recall-jump midpoint), per layer; from the {source}.")
 
 
 # ------------------------------------------------------------------ implicit attention
@@ -219,6 +221,52 @@ def _hook_key(h: str) -> tuple:
     return (int(m.group(1)), m.group(2)) if m else (-1 if "embed" in h else 10 ** 6, h)
 
 
+ZERO_TOL = 0.005  # |recovery| below this prints as 0.00: a column of such cells carries nothing
+TINY_GAP = 0.01  # logits: a denominator LD clean − corrupt this small makes recovery ill-conditioned
+
+
+def patch_norm(values: np.ndarray) -> mcolors.Normalize:
+    """The color scale of figure 6, covering every value: linear on [−1, 1] (the range where
+    recovery reads as a fraction) when the data stay inside it; else symmetric log beyond ±1 up
+    to the largest |value|, still linear inside ±1, so that 3.12 and 533 get colors of their own."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    m = float(np.abs(v).max()) if v.size else 0.0
+    if m <= 1.0:
+        return mcolors.Normalize(vmin=-1.0, vmax=1.0)
+    return mcolors.SymLogNorm(linthresh=1.0, linscale=1.0, vmin=-m, vmax=m, base=10)
+
+
+def informative_roles(piv: dict[int, Any], roles: list[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped) role columns: a column is dropped when every cell of it, at every step
+    drawn, prints as 0.00; when all would be, all are kept (the figure then says so itself)."""
+    dropped = [r for r in roles if all(np.nan_to_num(np.abs(p[r].to_numpy(dtype=float))).max(initial=0.0) < ZERO_TOL
+                                       for p in piv.values())]
+    return ([r for r in roles if r not in dropped], dropped) if len(dropped) < len(roles) else (roles, [])
+
+
+def _sym_ticks(m: float) -> list[float]:
+    """0, ±1, ±powers of ten up to m, and ±m (the scale's end) when it is ≥ 2× the last of them."""
+    pos = [1.0] + [10.0 ** k for k in range(1, 12) if 10.0 ** k <= m]
+    pos += [float(f"{m:.3g}")] if m >= 2 * pos[-1] else []
+    return sorted([-t for t in pos] + [0.0] + pos)
+
+
+def _cell(v: float) -> str:
+    if not math.isfinite(v):
+        return ""
+    if abs(v) < ZERO_TOL:
+        return "0.00"  # never "-0.00"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+
+
+def _ld_gap(circ, step: int) -> float | None:
+    """LD_clean − LD_corrupt at `step` (patch_ld_* rows), the recovery's denominator."""
+    vals = [circ[(circ["metric"] == m) & (circ["step"] == step)]["value"].mean() for m in ("patch_ld_clean",
+                                                                                          "patch_ld_corrupt")]
+    return float(vals[0] - vals[1]) if all(np.isfinite(vals)) else None
+
+
 def fig_patching(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     circ = rd.circuit
     if circ is None:
@@ -230,31 +278,55 @@ def fig_patching(rd: RunData, out_dir: Path | None = None) -> ReportFigure:
     jump = rd.jump()
     if jump:
         mid = min(steps, key=lambda s: abs(math.log1p(s) - math.log1p(jump["midpoint"])))
-        mid_label = f"mid-transition (step {mid}; jump midpoint {jump['midpoint']:.0f})"
+        mid_label = f"mid-transition: step {mid} (recall-jump midpoint {jump['midpoint']:.0f})"
     else:
         mid = steps[len(steps) // 2]
-        mid_label = f"middle stored step {mid} (no accuracy jump detected)"
-    panels = [(mid, mid_label)] + ([(steps[-1], f"final (step {steps[-1]})")] if steps[-1] != mid else [])
+        mid_label = f"middle stored step {mid} (no recall jump)"
+    panels = [(mid, mid_label)] + ([(steps[-1], f"final: step {steps[-1]}")] if steps[-1] != mid else [])
     hooks = sorted(df["hook"].unique().tolist(), key=_hook_key)
     roles = [r for r in ROLE_ORDER if r in set(df["role"])] + sorted(set(df["role"]) - set(ROLE_ORDER))
-    fig = new_figure(1.0 + 1.0 * len(roles) * len(panels) + 1.5, 0.32 * len(hooks) + 2.0)
+    piv = {s: (df[df["step"] == s].groupby(["hook", "role"])["value"].mean().unstack("role")
+               .reindex(index=hooks, columns=roles)) for s, _ in panels}
+    roles, dropped = informative_roles(piv, roles)
+    fig = new_figure(max(8.0, 3.2 + 1.0 * len(roles) * len(panels)), 0.32 * len(hooks) + 2.3)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    norms = []
     for ax, (s, label) in zip(axes, panels):
-        piv = (df[df["step"] == s].groupby(["hook", "role"])["value"].mean().unstack("role")
-               .reindex(index=hooks, columns=roles))
-        piv.index = [short_hook(h) for h in piv.index]
-        sns.heatmap(piv, ax=ax, cmap="vlag", center=0.0, vmin=-1.0, vmax=1.0, annot=True, fmt=".2f",
-                    annot_kws={"fontsize": 7}, cbar=False, linewidths=0.5, linecolor="white")
-        ax.set_title(label, fontsize=9)
+        p = piv[s][roles]
+        p.index = [short_hook(h) for h in p.index]
+        # each panel its own scale: a step whose recovery is ill-conditioned (values in the hundreds)
+        # does not wash out the colors of the other
+        norm = patch_norm(p.to_numpy(dtype=float))
+        norms.append(norm)
+        text = np.vectorize(_cell)(p.to_numpy(dtype=float))
+        sns.heatmap(p, ax=ax, cmap="vlag", norm=norm, annot=text, fmt="", annot_kws={"fontsize": 7.5}, cbar=False,
+                    linewidths=0.5, linecolor="white")
+        gap = _ld_gap(circ, s)
+        sub = ("" if gap is None else
+               f"\nLD clean − corrupt = {gap:+.2g} logits" + (" (≈ 0)" if abs(gap) < TINY_GAP else ""))
+        ax.set_title(label + sub, fontsize=9)
         ax.set_xlabel("patched positions (role)")
         ax.set_ylabel("hook" if ax is axes[0] else "")
-        ax.tick_params(labelsize=7)
-    cb = fig.colorbar(axes[0].collections[0], ax=list(axes), shrink=0.8, pad=0.01)
-    cb.set_label("recovery (fraction of LD restored)")
+        ax.tick_params(labelsize=7.5)
+        cb = fig.colorbar(ax.collections[0], ax=ax, shrink=0.85, pad=0.02, aspect=30)
+        if isinstance(norm, mcolors.SymLogNorm):
+            cb.set_ticks(_sym_ticks(norm.vmax), labels=[f"{t:g}" for t in _sym_ticks(norm.vmax)])
+            cb.set_label("recovery (linear within ±1, log beyond)", fontsize=8)
+        else:
+            cb.set_label("recovery", fontsize=8)
+        cb.ax.tick_params(labelsize=7.5)
     fig.suptitle(f"Figure 6 — activation-patching recovery, {plain(rd.name, 40)} ({plain(rd.regime)})")
+    sym = [n.vmax for n in norms if isinstance(n, mcolors.SymLogNorm)]
+    scale = ("each panel has its own color scale holding all its values: linear on [−1, 1], and where a panel "
+             "has values beyond ±1, logarithmic beyond, symmetric up to its largest |recovery| "
+             f"({', '.join(f'{m:.3g}' for m in sym)}); |recovery| ≫ 1 comes from a small denominator "
+             "(LD clean − corrupt, in each panel's title)" if sym else
+             "color: linear on [−1, 1], which holds every value")
+    left = (f" Left out: the column(s) {', '.join(dropped)}, whose every cell is 0.00 at every step shown "
+            f"(patching there changes nothing)." if dropped else "")
     return finish(fig, out_dir, f"fig6_patching_{rd.slug}.png",
                   "Recovery of the clean-vs-corrupted logit difference when one hook is patched from the clean "
                   "run at the positions of one role (corrupted run: q replaced by another key of the context); "
                   "recovery = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt), LD the clean-minus-corrupted "
-                  "answer logit difference at the query: 1 = fully restored, 0 = no effect; color clipped to "
-                  "[−1, 1], numbers exact.")
+                  f"answer logit difference at the query: 1 = fully restored, 0 = no effect; {scale}; numbers exact."
+                  + left)

@@ -134,14 +134,14 @@ def _fig_shares(rd: RunData, circ: pd.DataFrame, share: pd.DataFrame, out_dir: P
                   "Solid: the partition (matching pairs' footprints, other pairs' footprints, query, bias, rest); "
                   "dashed: the diagnostic groups (matching keys, matching values, the position after a matching "
                   "value), which overlap it. "
-                  f"Purple lines: the accuracy jump (midpoint dashed, onset / end dotted).{patch_txt}{note}")
+                  f"Purple lines: the recall jump (midpoint dashed, onset / end dotted).{patch_txt}{note}")
 
 
 def _jump_lines(ax, jump: dict[str, float] | None) -> None:
     for k, ls in (("onset", ":"), ("midpoint", "--"), ("end", ":")):
         if jump and k in jump:
             ax.axvline(jump[k], color="#7a1f5c", lw=1.2, ls=ls, zorder=1,
-                       label="accuracy jump: midpoint (dashed), onset / end (dotted)" if k == "midpoint" else None)
+                       label="recall jump: midpoint (dashed), onset / end (dotted)" if k == "midpoint" else None)
 
 
 # ------------------------------------------------------------------ (b) the example
@@ -207,8 +207,8 @@ def _fig_example(rd: RunData, ex: dict[str, Any], out_dir: Path | None, note: st
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize=7.5, frameon=False)
     answer = ex.get("answer")
     ans = labels[tokens.index(int(answer))] if names and answer is not None and int(answer) in tokens else answer
-    fig.suptitle(f"Figure 8b — the answer's logit difference by source position, step {ex.get('step', '?')}, "
-                 f"probe-set row {ex.get('row', '?')} (answer {plain(ans)}), {plain(rd.name, 40)}", fontsize=10)
+    fig.suptitle(f"Figure 8b — the answer's logit difference by source position, {plain(rd.name, 40)}\n"
+                 f"step {ex.get('step', '?')}, probe-set row {ex.get('row', '?')} (answer {plain(ans)})", fontsize=10)
     return finish(fig, out_dir, f"fig8b_source_example_{rd.slug}.png",
                   f"The signed terms of each layer's output at the query (position {ex.get('qpos', '?')}), one per "
                   "source stream position, scored directly on the answer's logit difference, for one probe-set row "

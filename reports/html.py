@@ -26,6 +26,9 @@ figure{margin:16px 0 28px}figure img{max-width:100%;height:auto;border:1px solid
 figcaption{font-size:0.88em;color:#444;margin-top:4px;max-width:1100px}
 pre{background:#f7f7f7;border:1px solid #e4e4e4;padding:8px;overflow-x:auto;font-size:0.82em}
 details{margin:6px 0}summary{cursor:pointer;font-weight:600}
+#answers h2{margin-top:0.6em}ol.answers{margin:4px 0;padding-left:22px;font-size:0.9em}
+ol.answers li{margin:3px 0}.ans{color:#1f4e9c;font-weight:bold}.rule{color:#666;font-size:0.86em}
+nav#toc{margin:6px 0 10px}
 """
 
 

@@ -4,9 +4,17 @@
 
 The page opens with the regime summary table (means with 95% bootstrap CIs and their n) and the
 seed claim's verdict in one sentence; then the figures (1: training curves per regime; 2–6 and
-8, where the recall signal sits, for one representative run per regime — the lowest seed — or
-for every run with `detail="all"`; 7: the regime comparison), the training-time explorer (a
-checkpoint slider per regime, reports/explorer.py), the configs and the provenance.
+8, where the recall signal sits, for one representative run per group — the lowest seed among
+the runs with the most inputs (captured, probed), and a figure whose inputs that run lacks is
+drawn from the group's next run that has them — or for every run with `detail="all"`; 7: the
+regime comparison), the training-time explorer (a checkpoint slider per group,
+reports/explorer.py), the configs and the provenance.
+
+Groups are `analysis.groups.plan_groups`'s (analyze_group's): runs pool only when their configs
+are equal apart from the seed. An unfinished run is named under the run table with its reason
+and stands in no CI and no figure; a run not yet probed is named there too and stands in the
+accuracy CIs only.
+
 Each figure is drawn on its own: a failure is written into the page ("figure X could not be
 drawn: reason") and into summary.json, and the other figures still appear. Missing optional
 inputs are listed per run.
@@ -25,10 +33,11 @@ from typing import Any, Callable
 from models.errors import UserError
 from models.rundir.io import atomic_write_json, atomic_write_text
 from reports import html as H
+from reports.answers_html import answers_section, report_answers, toc
 from reports.explorer import explorer_section
 from reports.rundata import RunData, discover_runs, load_run_data, slugify
-from reports.summary import (group_keys, key_curves, load_group, regime_rank, regime_summary, run_numbers,
-                             seed_claim, short_curve, steps_to)
+from reports.summary import (group_keys, key_curves, load_group, plan_of, regime_rank, regime_summary,
+                             run_numbers, seed_claim, short_curve, steps_to)
 
 DETAIL = ("first", "all")
 
@@ -66,6 +75,37 @@ class _Figures:
             print(f"report: {label}: {rec['status']}{why} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
         return out
 
+    def draw_any(self, label: str, fn: Callable, runs: list[RunData]) -> str:
+        """`fn` for the first of `runs` (in order) whose inputs it finds: a run that lacks them
+        (FigureSkipped) gives way to the next, so a figure is skipped only when no run of the
+        group has its inputs; the page says which run it was drawn from when not the first."""
+        first, pages, starts = len(self.records), [], []
+        for rd in runs:
+            starts.append(len(self.records))
+            pages.append(self.draw(f"{label} ({rd.name})", fn, rd))
+            if self.records[-1]["status"] != "skipped":
+                break
+        if len(pages) <= 1 or self.records[-1]["status"] == "skipped":
+            del self.records[first + 1:]  # no run has the inputs: the first one's reason stands
+            return pages[0] if pages else ""
+        skipped = self.records[first:starts[-1]]
+        del self.records[first:starts[-1]]  # drawn after all: the skips of the runs before are moot
+        for rec in self.records[first:]:
+            rec["instead_of"] = [r["figure"] for r in skipped]
+        return (f"<p class=\"note\">{H.esc(label)} is drawn from run {H.esc(runs[len(pages) - 1].name)}: "
+                f"{H.esc(runs[0].name)} lacks its inputs.</p>" + pages[-1])
+
+
+def _figure_order(runs: list[RunData], status: dict[str, dict[str, Any]]) -> list[RunData]:
+    """A group's runs, the ones with the most figure inputs first (probed for the circuit
+    estimates, captured with figure 4's maps, captured, metrics.csv, checkpoints), then by seed."""
+    def rank(r: RunData) -> tuple:
+        st = status.get(str(r.path)) or {}
+        return (not st.get("circuit", r.circuit is not None), not r.mapped, not r.captured, r.circuit is None,
+                not r.checkpoints, r.seed is None, r.seed or 0, r.name)
+
+    return sorted(runs, key=rank)
+
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = "first",
                  progress: bool = False, group: dict[str, Any] | str | Path | None = None) -> dict[str, Any]:
@@ -80,13 +120,18 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
         raise UserError(f"--out {out} exists and is not a directory; choose another path")
     runs = [load_run_data(p, name) for p, name in discover_runs(list(run_dirs))]
     group, group_note = load_group(group, list(run_dirs))
-    pairs = sorted(zip(group_keys(runs, group), runs),
-                   key=lambda kr: (regime_rank(kr[0]), kr[1].seed is None, kr[1].seed or 0, kr[1].name))
+    plan = plan_of(runs)  # the groups analyze_group makes: equal configs apart from the seed
+    status = plan["status"]
+    pairs = sorted(zip(group_keys(runs, group, plan), runs),
+                   key=lambda kr: (kr[0] is None, regime_rank(kr[0] or ""), kr[1].seed is None, kr[1].seed or 0,
+                                   kr[1].name))
     keys, runs = [k for k, _ in pairs], [r for _, r in pairs]
     out.mkdir(parents=True, exist_ok=True)
-    numbers = [run_numbers(r) for r in runs]
-    regimes = regime_summary(numbers, keys, group)
+    numbers = [run_numbers(r, status.get(str(r.path))) for r in runs]
+    regimes = regime_summary(numbers, keys, group, plan)
     claim = seed_claim(regimes)
+    ans = report_answers(runs, keys, plan)
+    excluded = [{"run": r.name, "reason": status[str(r.path)]["reason"]} for r, k in zip(runs, keys) if k is None]
 
     from reports.figures_compare import fig_comparison
     from reports.figures_curves import fig_attribution, fig_circuit_timelines, fig_training_curves
@@ -95,18 +140,29 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
 
     figs = _Figures(out, progress)
     by_regime = {k: [r for r, kk in zip(runs, keys) if kk == k] for k in regimes}
-    parts = ["<h2 id=\"figures\">Figures</h2>", "<h3>Figure 1 — training curves</h3>"]
+    parts = ["<h2 id=\"figures\">Figures</h2>", "<h3 id=\"figure-1\">Figure 1 — training curves</h3>"]
+    contents = [("the-answers", "the four answers"), ("summary", "summary"), ("runs", "runs"),
+                ("figure-1", "Figure 1: training curves")]
     for k, rs in by_regime.items():
         parts.append(figs.draw(f"figure 1 ({k})", fig_training_curves, rs, k, slugify(k)))
+    per_run = (("figure 2", fig_circuit_timelines), ("figure 3", fig_filters),
+               ("figure 4", fig_implicit_attention), ("figure 5", fig_attribution),
+               ("figure 6", fig_patching), ("figure 8", fig_sources))
     for k, rs in by_regime.items():
-        chosen = sorted(rs, key=lambda r: (r.seed is None, r.seed or 0, r.name))
-        for rd in (chosen if detail == "all" else chosen[:1]):
-            parts.append(f"<h3>{H.esc(k)} — run {H.esc(rd.name)} (seed {H.esc(rd.seed)})</h3>")
-            for label, fn in (("figure 2", fig_circuit_timelines), ("figure 3", fig_filters),
-                              ("figure 4", fig_implicit_attention), ("figure 5", fig_attribution),
-                              ("figure 6", fig_patching), ("figure 8", fig_sources)):
-                parts.append(figs.draw(f"{label} ({rd.name})", fn, rd))
-    parts.append("<h3>Figure 7 — regimes compared</h3>")
+        if detail == "all":
+            for rd in sorted(rs, key=lambda r: (r.seed is None, r.seed or 0, r.name)):
+                parts.append(f"<h3>{H.esc(k)} — run {H.esc(rd.name)} (seed {H.esc(rd.seed)})</h3>")
+                parts += [figs.draw(f"{label} ({rd.name})", fn, rd) for label, fn in per_run]
+            continue
+        chosen = _figure_order(rs, status)  # the run with the data first, the others as fallbacks
+        rd = chosen[0]
+        anchor = f"figures-{slugify(k)}"
+        contents.append((anchor, f"Figures 2–6, 8: {k}"))
+        parts.append(f"<h3 id=\"{H.esc(anchor)}\">{H.esc(k)} — run {H.esc(rd.name)} (seed {H.esc(rd.seed)})</h3>")
+        parts += [figs.draw_any(label, fn, chosen) for label, fn in per_run]
+    parts.append("<h3 id=\"figure-7\">Figure 7 — regimes compared</h3>")
+    contents += [("figure-7", "Figure 7: regimes compared"), ("explorer", "training-time explorer"),
+                 ("configs", "configs"), ("provenance", "provenance")]
     parts.append(figs.draw("figure 7", fig_comparison, regimes))
     t0 = time.perf_counter()
     parts.append(explorer_section(by_regime))  # one slider per regime (reports/explorer.py)
@@ -115,12 +171,13 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
 
     summary = {
         "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "runs": numbers, "regimes": regimes, "seed_claim": claim, "figures": figs.records,
+        "runs": numbers, "regimes": regimes, "seed_claim": claim, "answers": ans, "figures": figs.records, "excluded": excluded,
         "notes": {r.name: r.notes for r in runs}, "statistics_source": group_note,
         "paths": {r.name: str(r.path) for r in runs},
     }
     atomic_write_json(out / "summary.json", _finite_json(summary))
-    body = _head(runs, regimes, claim, group_note) + "".join(parts) + _configs(runs) + _provenance(runs)
+    body = (_head(runs, regimes, claim, group_note, keys, numbers, answers_section(ans) + toc(contents))
+            + "".join(parts)) + _configs(runs) + _provenance(runs)
     atomic_write_text(out / "index.html", H.page("HyenaLens report", body))
     return summary
 
@@ -139,10 +196,13 @@ def _finite_json(o: Any) -> Any:
 
 
 # ------------------------------------------------------------------ sections
-def _head(runs: list[RunData], regimes: dict[str, Any], claim: dict[str, Any], group_note: str | None) -> str:
+def _head(runs: list[RunData], regimes: dict[str, Any], claim: dict[str, Any], group_note: str | None,
+          keys: list[str | None], numbers: list[dict[str, Any]], first_screen: str) -> str:
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    p = [f"<h1>HyenaLens report</h1><p class=\"note\">{len(runs)} run(s) in {len(regimes)} regime(s); "
-         f"generated {H.esc(when)}.</p>", "<h2 id=\"summary\">Summary</h2>"]
+    n_out = sum(k is None for k in keys)
+    left = f" ({n_out} left out: see under the run table)" if n_out else ""
+    p = [f"<h1>HyenaLens report</h1><p class=\"note\">{len(runs)} run(s) in {len(regimes)} group(s){left}; "
+         f"generated {H.esc(when)}.</p>", first_screen, "<h2 id=\"summary\">Summary</h2>"]
     rows = []
     for k, s in regimes.items():
         nr = s["steps_to_99"].get("not_reached", 0)
@@ -158,13 +218,19 @@ def _head(runs: list[RunData], regimes: dict[str, Any], claim: dict[str, Any], g
             H.fmt_stat(s["final_train_acc_all"], digits=3) + " / " + H.fmt_stat(s["final_train_acc_all_ceiling"], digits=3),
         ] + ([H.esc(s.get("mechanism") or "–")] if any(x.get("mechanism") for x in regimes.values()) else []))
     mech = ["mechanism"] if any(x.get("mechanism") for x in regimes.values()) else []
-    p.append(H.table(["regime", "runs", "jump midpoint: test_acc_last (step)", "train_acc_all midpoint",
+    p.append(H.table(["regime", "runs", "recall jump midpoint (step)", "train_acc_all midpoint",
                       "train_acc_recallable midpoint", "offset train_all − test (steps)",
                       "offset (log-steps)", "steps to 99% test acc", "final test acc",
                       "final train acc (all) / ceiling", *mech], rows, num_cols=range(2, 10)))
     p.append("<p class=\"note\">Cells: mean [95% bootstrap CI over runs] (n = runs with a value; no CI for n = 1). "
-             "Midpoints and offsets come from the largest transition of each curve; log-steps are ln(step+1); "
-             "the final train accuracy (all positions) is read against its Bayes ceiling."
+             "Columns: <b>runs</b>: the group's runs and seeds; <b>recall jump midpoint</b>: the step at the middle "
+             "of the transition of test_acc_last chosen as the recall jump (it must end above the no-recall "
+             "baseline + 0.1; docs/metrics.md, \"The recall jump\"); <b>train_acc_all / train_acc_recallable "
+             "midpoint</b>: the midpoint of each curve's largest transition; <b>offset</b>: train_acc_all's "
+             "midpoint minus the recall jump's, in steps and in log-steps (ln(step+1)); <b>steps to 99%</b>: the "
+             "first evaluated step with test_acc_last ≥ 0.99 (runs that never reach it are counted, not forced); "
+             "<b>final</b>: the last evaluation; the final train accuracy (all positions) is read against its Bayes "
+             "ceiling; <b>mechanism</b>: analysis.mechanism's verdict per run (docs/metrics.md)."
              + (" With fewer than 5 runs a bootstrap CI is too narrow: read it as a range of the runs."
                 if any(0 < s["n_runs"] < 5 for s in regimes.values()) else "") + "</p>")
     p.append(f"<p class=\"verdict\" id=\"seed-claim\">{H.esc(claim['sentence'])}</p>")
@@ -174,26 +240,57 @@ def _head(runs: list[RunData], regimes: dict[str, Any], claim: dict[str, Any], g
     if curves:
         lrows = [[H.esc(k)] + [H.fmt_stat((s["lead_lag"].get(c) or {}).get("log_steps"), digits=2, signed=True)
                                for c in curves] for k, s in regimes.items()]
-        p.append("<h3>Lead / lag vs the accuracy jump</h3>"
+        p.append("<h3>Lead / lag vs the recall jump</h3>"
                  + H.table(["regime"] + [short_curve(c) for c in curves], lrows, num_cols=range(1, len(curves) + 1))
-                 + "<p class=\"note\">Each curve's midpoint − the test_acc_last jump midpoint, in log-steps "
+                 + "<p class=\"note\">Each curve's midpoint − the recall jump's midpoint, in log-steps "
                    "(negative: the curve moves first), mean [95% CI] (n).</p>")
     # per-run table
     rrows = []
-    for r in runs:
+    for r, k, n in zip(runs, keys, numbers):
         j = r.jump() or {}
         s99 = steps_to(r)
-        rrows.append([H.esc(r.name), H.esc(r.regime), H.esc(r.task), H.esc(r.seed),
+        why = ((n.get("status") or {}).get("reason") or "unfinished") if k is None else n.get("circuit_excluded")
+        used = (f"none: {why}" if k is None else f"{k}, accuracy only: {why}" if why else k)
+        rrows.append([H.esc(r.name), H.esc(used), H.esc(r.task), H.esc(r.seed),
                       H.num(j.get("onset")), H.num(j.get("midpoint")), H.num(j.get("end")),
                       H.esc("not reached" if s99 is None else f"{s99:,}"),
                       H.num(r.metrics["test_acc_last"].iloc[-1] if "test_acc_last" in r.metrics else None, 3),
-                      H.esc(len(r.transitions.get("test_acc_last") or []))])
-    p.append("<h3>Runs</h3>" + H.table(["run", "regime", "task", "seed", "jump onset", "jump midpoint", "jump end",
-                                        "steps to 99%", "final test acc", "# test transitions"], rrows,
-                                       num_cols=range(3, 10)))
+                      H.num((r.no_recall_baseline or {}).get("value"), 3),
+                      H.esc(len(r.transitions.get("test_acc_last") or [])),
+                      H.esc(r.recall_jump_status if not r.jump() else "")])
+    p.append("<h3 id=\"runs\">Runs</h3>" + H.table(["run", "group (estimates it stands in)", "task", "seed",
+                                        "recall jump onset", "recall jump midpoint", "recall jump end",
+                                        "steps to 99%", "final test acc", "no-recall baseline",
+                                        "# test transitions", "no recall jump because"], rrows,
+                                        num_cols=range(3, 11))
+             + "<p class=\"note\">Per run: the recall jump's onset, midpoint and end (steps); the no-recall "
+               "baseline is the best test accuracy reachable without binding a key to its value, computed exactly "
+               "on the test split (AR: the most frequent value in the context), beside which the recall jump must "
+               "end above baseline + 0.1; # test transitions counts every transition of test_acc_last, stage one "
+               "included.</p>")
+    p.append(_left_out(runs, keys, numbers))
     miss = [f"<li><b>{H.esc(r.name)}</b>: {'; '.join(H.esc(n) for n in r.notes)}</li>" for r in runs if r.notes]
     if miss:
         p.append("<h3>Missing inputs</h3><ul class=\"missing\">" + "".join(miss) + "</ul>")
+    return "".join(p)
+
+
+def _left_out(runs: list[RunData], keys: list[str | None], numbers: list[dict[str, Any]]) -> str:
+    """The note under the run table: runs in no CI (unfinished), runs in the accuracy CIs only
+    (not captured / not probed), each with its reason; and what a group is."""
+    out = [f"<li><b>{H.esc(r.name)}</b>: {H.esc((n.get('status') or {}).get('reason') or 'unfinished')}</li>"
+           for r, k, n in zip(runs, keys, numbers) if k is None]
+    acc = [f"<li><b>{H.esc(r.name)}</b> ({H.esc(k)}): {H.esc(n['circuit_excluded'])}</li>"
+           for r, k, n in zip(runs, keys, numbers) if k is not None and n.get("circuit_excluded")]
+    p = ["<p class=\"note\">A group pools runs whose configs are equal apart from the seed "
+         "(analysis.groups); groups of one regime that differ in other settings are labelled by those settings.</p>"]
+    if out:
+        p.append("<p class=\"missing\" id=\"excluded-runs\">Left out of every estimate and figure (unfinished):</p>"
+                 "<ul class=\"missing\">" + "".join(out) + "</ul>")
+    if acc:
+        p.append("<p class=\"missing\" id=\"accuracy-only-runs\">In the accuracy estimates only, left out of the "
+                 "circuit ones (recall circuit, mechanism, circuit lead/lag):</p><ul class=\"missing\">"
+                 + "".join(acc) + "</ul>")
     return "".join(p)
 
 

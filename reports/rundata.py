@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.curves import ACC_CURVES, regime_of as _regime_of
+from analysis.recall_jump import BASELINE_KEY, RECALL_MARGIN, find_recall_jump
 from analysis.transitions import detect_transitions
 from models.errors import UserError
 from models.rundir.discover import discover_runs
@@ -34,7 +35,10 @@ __all__ = ["RunData", "discover_runs", "load_run_data", "regime_of", "slugify", 
 @dataclass
 class RunData:
     """One run as the report sees it. `transitions` maps a curve or metric name to a list of
-    {"onset", "midpoint", "end"} dicts (steps); `notes` lists what is missing, in words."""
+    {"onset", "midpoint", "end"} dicts (steps); `recall_jump` is the transition of
+    test_acc_last that the recall-jump rule chose (analysis.recall_jump; None when none
+    qualifies), `recall_jump_status` why not, `no_recall_baseline` its {"value", "margin",
+    "source"}; `notes` lists what is missing, in words."""
 
     path: Path
     name: str
@@ -45,6 +49,9 @@ class RunData:
     formation: dict[str, Any] | None = None
     transitions: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     transitions_source: str = "none"
+    recall_jump: dict[str, Any] | None = None
+    recall_jump_status: str = "no transition of test_acc_last"
+    no_recall_baseline: dict[str, Any] | None = None
     captured: list[int] = field(default_factory=list)
     mapped: list[int] = field(default_factory=list)  # captured steps that hold figure 4's maps
     checkpoints: list[int] = field(default_factory=list)
@@ -86,12 +93,13 @@ class RunData:
         return slugify(self.name)
 
     def jump(self) -> dict[str, float] | None:
-        """The accuracy jump: formation.json's `jump` when it names one, else the largest-rise
-        transition of test_acc_last (the first when no rises are recorded)."""
-        j = (self.formation or {}).get("jump")
+        """The recall jump's onset, midpoint and end (steps), or None when the run has no recall
+        jump (`recall_jump_status` says why). Never the largest transition of test_acc_last:
+        that may be stage one."""
+        j = self.recall_jump
         if isinstance(j, dict) and _finite(j.get("midpoint")):
             return {k: float(j[k]) for k in ("onset", "midpoint", "end") if _finite(j.get(k))}
-        return main_transition(self.transitions.get("test_acc_last") or [])
+        return None
 
     def steps(self) -> list[int]:
         return [int(s) for s in self.metrics["step"].tolist()]
@@ -105,6 +113,8 @@ def _finite(x: Any) -> bool:
 
 
 def main_transition(trs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """A curve's main transition, the one with the largest |rise| (analysis.formation's rule for
+    a curve's lead/lag). For test_acc_last use `RunData.jump()`, the recall jump, instead."""
     good = [t for t in trs if isinstance(t, dict) and _finite(t.get("midpoint"))]
     if not good:
         return None
@@ -230,6 +240,7 @@ def _set_transitions(rd: RunData) -> None:
         rd.transitions = {str(k): [t for t in (v or []) if isinstance(t, dict)] for k, v in tr.items()
                           if isinstance(v, list)}
         rd.transitions_source = "analysis/formation.json"
+        _set_recall_jump(rd)
         return
     # No formation.json: time the accuracy curves here with analysis' own detector.
     out = {}
@@ -242,3 +253,34 @@ def _set_transitions(rd: RunData) -> None:
     rd.transitions = out
     rd.transitions_source = ("analysis.transitions.detect_transitions (accuracy curves only; run `hyenalens analyze` "
                              "for circuit metrics)")
+    _set_recall_jump(rd)
+
+
+def _set_recall_jump(rd: RunData) -> None:
+    """The recall jump as formation.json records it. Without one (no formation.json, or one that
+    predates the recall jump), the same rule (analysis.recall_jump) is applied here to the
+    transitions, with the baseline metrics.jsonl logs, and a note says so."""
+    f = rd.formation if isinstance(rd.formation, dict) else {}
+    if "recall_jump" in f:
+        j = f.get("recall_jump")
+        rd.recall_jump = j if isinstance(j, dict) else None
+        rd.recall_jump_status = str(f.get("recall_jump_status") or "")
+        b = f.get("no_recall_baseline")
+        rd.no_recall_baseline = b if isinstance(b, dict) else None
+        return
+    value = None
+    if BASELINE_KEY in rd.metrics.columns:
+        logged = rd.metrics[BASELINE_KEY].dropna()
+        value = float(logged.iloc[-1]) if len(logged) else None
+    rd.no_recall_baseline = {"value": value, "margin": RECALL_MARGIN,
+                             "source": f"metrics.jsonl ({BASELINE_KEY})" if value is not None else
+                             f"unknown: metrics.jsonl has no {BASELINE_KEY}; the rule used 0"}
+    curve = rd.metrics[["step", "test_acc_last"]].dropna() if "test_acc_last" in rd.metrics else None
+    rd.recall_jump, rd.recall_jump_status = (
+        find_recall_jump(curve["step"].to_numpy(), curve["test_acc_last"].to_numpy(), value)
+        if curve is not None else (None, "test_acc_last not logged"))
+    why = "analysis/formation.json predates the recall jump" if f else "no analysis/formation.json"
+    rd.notes.append(f"{why}: the recall jump was chosen here by analysis' rule (test_acc_last floored at the baseline)"
+                    + (" and the logged no-recall baseline" if value is not None else
+                       " with the no-recall baseline unknown, taken as 0 (`hyenalens analyze` computes it "
+                       "from the config)"))

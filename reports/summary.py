@@ -14,6 +14,12 @@ that analysis has timed, and every CI and verdict is analysis' own):
    `analysis.transitions.detect_transitions` (see reports.rundata).
 
 Offsets are in steps and in log-steps x = ln(step + 1), as in analysis.transitions.
+
+Groups are `analysis.groups.plan_groups`'s, the same as analyze_group's: runs pool only when their
+configs are equal apart from the seed; a group's label is its regime (with the task when the runs
+span several, and the differing config fields when two groups share a regime). An unfinished
+run has no label (None) and stands in no estimate; a finished run that is not probed stands in
+the accuracy estimates only (`run_numbers(rd, status)` drops its circuit lead/lag and mechanism).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.formation import SAME_TIME_TOL, claim_verdict, estimate
+from analysis.groups import is_accuracy_curve, plan_groups
 from models.errors import UserError
 from models.rundir.layout import RunDir
 from reports.rundata import RunData, _finite, main_transition
@@ -107,12 +114,18 @@ def lead_lag(rd: RunData) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_numbers(rd: RunData) -> dict[str, Any]:
+def run_numbers(rd: RunData, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One run's numbers. With `status` (`analysis.groups.run_status`) of a run that cannot
+    stand in the circuit estimates (not probed, or its probe is stale), its metrics.csv curves'
+    lead/lag and its mechanism are left out, and `circuit_excluded` says why."""
     jump = rd.jump()
     mids = {k: (main_transition(rd.transitions.get(k) or []) or {}).get("midpoint") for k in ACC_KEYS}
     if jump is not None:
         mids["test_acc_last"] = jump["midpoint"]
     ll = lead_lag(rd)
+    circuit_ok = status is None or bool(status.get("circuit"))
+    if not circuit_ok:
+        ll = {k: v for k, v in ll.items() if is_accuracy_curve(k)}
     out: dict[str, Any] = {
         "name": rd.name, "dir_name": rd.path.resolve().name, "regime": rd.regime, "task": rd.task,
         "seed": rd.seed, "kind": rd.kind, "jump": jump, "midpoints": mids,
@@ -120,47 +133,85 @@ def run_numbers(rd: RunData) -> dict[str, Any]:
         "steps_to_99": steps_to(rd), "last_step": int(rd.metrics["step"].iloc[-1]),
         "final": {k: _last(rd, k) for k in (*ACC_KEYS, "train_acc_last", "train_acc_all_ceiling")},
         "lead_lag": ll, "transitions_source": rd.transitions_source,
-        "mechanism": _verdict_text((rd.formation or {}).get("mechanism")),
+        "mechanism": _verdict_text((rd.formation or {}).get("mechanism")) if circuit_ok else None,
+        "status": status, "circuit_excluded": None if circuit_ok else status.get("reason"),
     }
     for k in ("train_acc_all", "train_acc_recallable"):
         if k in ll:
             out[f"offset_{k}"] = ll[k]
+    sc = (rd.formation or {}).get("seed_claim") or {}
+    if sc.get("status") == "measured":  # analysis' pairing: train's transition nearest the recall jump
+        out["offset_train_acc_all"] = {"steps": sc["train_minus_test_midpoint_steps"],
+                                       "log_steps": sc["train_minus_test_midpoint_log_steps"]}
     return out
 
 
 # ------------------------------------------------------------------ regimes
-def regime_key(rd: RunData, runs: list[RunData]) -> str:
-    """The regime label; prefixed with the task when the runs span several tasks."""
-    tasks = {r.task for r in runs}
-    return f"{rd.task} {rd.regime}" if len(tasks) > 1 else rd.regime
+def plan_of(runs: list[RunData]) -> dict[str, Any]:
+    """`analysis.groups.plan_groups` over the runs' folders (grouped by regime)."""
+    return plan_groups([r.path for r in runs], group_by="regime")
 
 
-def group_keys(runs: list[RunData], group: dict[str, Any] | None) -> list[str]:
+def regime_key(rd: RunData, runs: list[RunData]) -> str | None:
+    """The label of `rd`'s group among `runs` (`plan_groups`'s: its regime, prefixed with the
+    task when the runs span several, with the differing config fields when two groups share a
+    regime); None when the run is unfinished and so in no group."""
+    return plan_of(runs)["labels"].get(str(rd.path))
+
+
+def group_keys(runs: list[RunData], group: dict[str, Any] | None,
+               plan: dict[str, Any] | None = None) -> list[str | None]:
     """Each run's label: its sweep group where the combined analysis is a sweep's (one group
-    per sweep point, hyenalens.sweep.analyze_sweep), else its regime (`regime_key`)."""
+    per sweep point, hyenalens.sweep.analyze_sweep), else its `plan_groups` label (`regime_key`);
+    None for a run left out of every group (unfinished: `plan["excluded"]` says why)."""
+    plan = plan if plan is not None else plan_of(runs)
     by_dir: dict[str, str] = {}
     if isinstance(group, dict) and group.get("group_by") == "sweep point" and isinstance(group.get("groups"), dict):
         for name, g in group["groups"].items():
             for run in (g.get("runs") or []) if isinstance(g, dict) else []:
                 by_dir[str(run)] = str(name)
-    return [by_dir.get(r.path.resolve().name) or regime_key(r, runs) for r in runs]
+    out = []
+    for r in runs:
+        label = plan["labels"].get(str(r.path))
+        out.append(None if label is None else by_dir.get(r.path.resolve().name) or label)
+    return out
+
+
+def split_label(key: str) -> tuple[str, str, str]:
+    """(task, regime, detail) of a group label: `ih causal/all (d_model 32)` →
+    ("ih", "causal/all", "d_model 32"); task and detail are "" when absent."""
+    head, detail = key, ""
+    if key.endswith(")") and " (" in key:
+        head, _, detail = key.partition(" (")
+        detail = detail[:-1]
+    task, _, reg = head.rpartition(" ")
+    return task, reg, detail
 
 
 def regime_rank(key: str) -> tuple:
-    task, _, reg = key.rpartition(" ")
-    return (task, REGIME_ORDER.index(reg) if reg in REGIME_ORDER else len(REGIME_ORDER), reg)
+    task, reg, detail = split_label(key)
+    return (task, REGIME_ORDER.index(reg) if reg in REGIME_ORDER else len(REGIME_ORDER), reg, detail)
 
 
-def regime_summary(numbers: list[dict[str, Any]], keys: list[str],
-                   group: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """Per regime (causal/all, causal/last, noncausal/last, attention, then others; per task
-    when several): n runs, seeds, and a `stat` of every number. Where `group` (analyze_group's
-    output) has a group with the same runs, its estimates replace the ones computed here."""
+def regime_summary(numbers: list[dict[str, Any]], keys: list[str | None],
+                   group: dict[str, Any] | None = None,
+                   plan: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per group (causal/all, causal/last, noncausal/last, attention, then others; per task
+    when several): n runs, seeds, and a `stat` of every number. Runs whose key is None (left
+    out of every group) stand in none. Where `group` (analyze_group's output) has a group with
+    the same runs, its estimates replace the ones computed here. With `plan` (plan_groups'),
+    each group carries its experiment_key and config_diff."""
     out: dict[str, dict[str, Any]] = {}
-    for key in sorted(dict.fromkeys(keys), key=regime_rank):
+    info_of: dict[str, Any] = dict((plan or {}).get("info") or {})
+    for key in sorted(dict.fromkeys(k for k in keys if k is not None), key=regime_rank):
         rows = [n for n, k in zip(numbers, keys) if k == key]
         s: dict[str, Any] = {"n_runs": len(rows), "runs": [r["name"] for r in rows],
-                             "seeds": [r["seed"] for r in rows], "source": "formation.json per run"}
+                             "seeds": [r["seed"] for r in rows], "source": "formation.json per run",
+                             "accuracy_only": [{"run": r["name"], "reason": r["circuit_excluded"]}
+                                               for r in rows if r.get("circuit_excluded")]}
+        info = info_of.get(key) or next((info_of[lb] for lb in _plan_labels(plan, rows)), None)
+        if info is not None:
+            s["experiment_key"], s["config_diff"] = info["experiment_key"], info["config_diff"]
         for k in ACC_KEYS:
             s[f"midpoint_{k}"] = stat([r["midpoints"].get(k) for r in rows])
         for k in ("train_acc_all", "train_acc_recallable"):
@@ -182,6 +233,13 @@ def regime_summary(numbers: list[dict[str, Any]], keys: list[str],
         s["steps_to_99"]["not_reached"] = sum(1 for x in reached if x is None)
         out[key] = s
     return out
+
+
+def _plan_labels(plan: dict[str, Any] | None, rows: list[dict[str, Any]]) -> list[str]:
+    """The plan labels of rows (a sweep group's label differs from the plan's)."""
+    labels = ((plan or {}).get("labels") or {})
+    paths = {(r.get("status") or {}).get("path") for r in rows}
+    return list(dict.fromkeys(labels[p] for p in paths if p in labels and labels[p] is not None))[:1]
 
 
 def _verdict_text(v: Any) -> str | None:
@@ -211,7 +269,7 @@ def _apply_group(s: dict[str, Any], g: dict[str, Any], rows: list[dict[str, Any]
         if st is not None:
             s[key] = st
 
-    put("midpoint_test_acc_last", (g.get("jump_midpoint") or {}).get("steps"),
+    put("midpoint_test_acc_last", (g.get("recall_jump_midpoint") or {}).get("steps"),
         [r["midpoints"].get("test_acc_last") for r in rows])
     sc = g.get("seed_claim") or {}
     put("offset_train_acc_all_steps", sc.get("train_minus_test_midpoint_steps"),
@@ -282,7 +340,7 @@ def seed_claim(regimes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     claim = "“train accuracy jumps around the same time as test accuracy”"
     if not regimes:
         return {"verdict": "undetermined", "sentence": f"Seed claim {claim}: undetermined — there are no runs."}
-    name = next((k for k in regimes if k.endswith(SEED_CLAIM_REGIME)), next(iter(regimes)))
+    name = next((k for k in regimes if split_label(k)[1] == SEED_CLAIM_REGIME), next(iter(regimes)))
     s = regimes[name]
     off_l, off_s = s["offset_train_acc_all_log_steps"], s["offset_train_acc_all_steps"]
     tol = SAME_TIME_TOL

@@ -25,9 +25,9 @@ def logistic(steps, mid, width, low, high):
 
 
 def make_run(path, *, test_mid=600.0, train_mid=600.0, seed=0, config=None, csv_rows=None,
-             final_acc=0.95):
-    """A run directory as training writes it: metrics.jsonl, optional config.yaml and
-    analysis/metrics.csv. Seeded noise sd 0.01 on the accuracies."""
+             final_acc=0.95, baseline=0.25):
+    """A run directory as training writes it: metrics.jsonl (with its no-recall baseline),
+    optional config.yaml and analysis/metrics.csv. Seeded noise sd 0.01 on the accuracies."""
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     noise = lambda: 0.01 * rng.standard_normal(STEPS.size)  # noqa: E731
@@ -37,7 +37,8 @@ def make_run(path, *, test_mid=600.0, train_mid=600.0, seed=0, config=None, csv_
         for i, s in enumerate(STEPS):
             f.write(json.dumps({"step": int(s), "epoch": 0, "train_loss": None,
                                 "test_acc_last": float(test[i]),
-                                "train_acc_all": float(train[i])}) + "\n")
+                                "train_acc_all": float(train[i]),
+                                "test_acc_last_baseline": baseline}) + "\n")
     if config is not None:
         (path / "config.yaml").write_text(config)
     if csv_rows is not None:
@@ -62,13 +63,17 @@ def test_analyze_run_writes_formation_json(tmp_path):
     res = analyze_run(run)
     on_disk = json.loads((run / "analysis" / "formation.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
-    assert {"transitions", "jump", "lead_lag", "seed_claim", "run"} <= set(on_disk)
+    assert {"transitions", "recall_jump", "lead_lag", "seed_claim", "run"} <= set(on_disk)
     assert not list((run / "analysis").glob("*.tmp"))  # atomic write left no temp file
     tr = on_disk["transitions"]
     (jump,) = tr["test_acc_last"]
     assert {"onset", "midpoint", "end"} <= set(jump)
     assert abs(math.log1p(jump["midpoint"]) - math.log1p(600)) < 0.1
-    assert on_disk["jump"]["midpoint"] == jump["midpoint"] and on_disk["jump"]["phase"] == 0
+    # the recall jump is read on the curve floored at the baseline (0.25, at the curve's start): the same rise
+    assert on_disk["recall_jump"]["midpoint"] == pytest.approx(jump["midpoint"], rel=0.01)
+    assert on_disk["recall_jump"]["phase"] == 0
+    assert on_disk["no_recall_baseline"] == {"value": 0.25, "margin": 0.1,
+                                             "source": "metrics.jsonl (test_acc_last_baseline)"}
     # metrics.csv curves, by their readable names; the flat probe has no transition
     assert tr["probe_acc@L0/blocks.0.hook_resid_post:query"] == []
     ll = on_disk["lead_lag"]["recall_score_values@L1"]
@@ -83,7 +88,7 @@ def test_analyze_run_writes_formation_json(tmp_path):
 def test_analyze_run_no_jump_is_reported_as_none(tmp_path):
     run = make_run(tmp_path / "flat", test_mid=1e9, train_mid=1e9)  # nothing happens
     res = analyze_run(run, write=False)
-    assert res["transitions"]["test_acc_last"] == [] and res["jump"] is None
+    assert res["transitions"]["test_acc_last"] == [] and res["recall_jump"] is None
     assert res["lead_lag"] == {} and res["seed_claim"]["status"].startswith("no transition")
     assert not (run / "analysis" / "formation.json").exists()
 
@@ -149,7 +154,7 @@ def test_analyze_group_bootstraps_over_seeds(tmp_path):
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     g_all, g_last = res["groups"]["causal/all"], res["groups"]["causal/last"]
     assert g_all["n_runs"] == 3 and sorted(g_all["runs"]) == ["all_s0", "all_s1", "all_s2"]
-    jm = g_all["jump_midpoint"]["steps"]
+    jm = g_all["recall_jump_midpoint"]["steps"]
     assert jm["n"] == 3 and jm["lo"] <= 600 <= jm["hi"] and jm["lo"] < jm["hi"]
     assert g_all["seed_claim"]["verdict"] == "consistent"
     assert g_last["seed_claim"]["verdict"] == "not consistent"
@@ -175,7 +180,7 @@ def test_analyze_group_never_pools_tasks(tmp_path):
 def test_group_without_config_groups_by_name_and_one_run_has_no_ci(tmp_path):
     res = analyze_group([make_run(tmp_path / "solo_seed0")], group_by="regime")
     g = res["groups"]["solo"]
-    assert g["jump_midpoint"]["steps"]["n"] == 1 and g["jump_midpoint"]["steps"]["lo"] is None
+    assert g["recall_jump_midpoint"]["steps"]["n"] == 1 and g["recall_jump_midpoint"]["steps"]["lo"] is None
     assert g["seed_claim"]["verdict"] == "undetermined"
     with pytest.raises(UserError):
         analyze_group([], group_by="regime")

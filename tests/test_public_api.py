@@ -9,8 +9,8 @@ import pytest
 
 CLI = {
     "analyze": ["--help", "--out", "-h", "run_dirs"],
-    "capture": ["--help", "--hooks", "--n-probe", "--probe-seed", "--quiet", "--threads", "-h", "run_dir"],
-    "demo": ["--attention-seeds", "--help", "--out", "--quiet", "--seeds", "--workers", "-h", "overrides"],
+    "capture": ["--help", "--hooks", "--limit", "--n-probe", "--probe-seed", "--quiet", "--threads", "-h", "run_dir"],
+    "demo": ["--attention-seeds", "--help", "--out", "--quick", "--quiet", "--seeds", "--workers", "-h", "overrides"],
     "import-safari": ["--help", "--out", "--quiet", "--threads", "--trust-pickle", "-h", "safari_dir"],
     "probe": ["--force", "--help", "--quiet", "--threads", "-h", "run_dir"],
     "report": ["--all-runs", "--group", "--help", "--out", "--quiet", "-h", "run_dirs"],

@@ -212,11 +212,11 @@ def make_run(run: Path, seed: int, causal: bool = True, loss: str = "all", mid: 
                                               "data": {"overlap": 3}}))
     write_metrics(run, mid, train_shift=30.0 * (seed + 1), noise=0.005, seed=seed)
     if full:
+        write_model_files(run, cfg)  # captured before probed, as the commands run (else metrics.csv is stale)
         write_circuit_csv(run, mid)
         add_swap_source_rows(run, mid)
         write_source_example(run)
         write_formation(run)
-        write_model_files(run, cfg)
     return run
 
 
@@ -356,7 +356,7 @@ def _chromium() -> str:
                 "`apt-get install -y chromium`, as .ci/run does)")
 
 
-def page_check(exe: str, tmp: Path, out_dir: Path, script: str, pre_id: str):
+def page_check(exe: str, tmp: Path, out_dir: Path, script: str, pre_id: str, window: str = "1280,800"):
     """Load a copy of out_dir/index.html with `script` added (beside the original, so relative
     image paths hold), dump its DOM after load, and return the JSON the script wrote into
     <pre id=pre_id>."""
@@ -364,7 +364,8 @@ def page_check(exe: str, tmp: Path, out_dir: Path, script: str, pre_id: str):
     check = out_dir / f"_{pre_id}.html"
     check.write_text(page.replace("</body>", script + "</body>"), encoding="utf-8")
     try:
-        res = _run_chromium(exe, tmp, "--virtual-time-budget=10000", "--dump-dom", check.as_uri())
+        res = _run_chromium(exe, tmp, "--virtual-time-budget=10000", f"--window-size={window}", "--dump-dom",
+                            check.as_uri())
     finally:
         check.unlink()
     m = re.search(rf'<pre id="{pre_id}">(.*?)</pre>', res.stdout, re.S)

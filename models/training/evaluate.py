@@ -11,6 +11,8 @@ In eval mode, under `torch.inference_mode`, on a fixed train subset (the first
                           query for MQAR)
     test_acc_last         answer targets of the test set (safari's test metric)
     train_acc_all_ceiling Bayes-optimal train_acc_all on the same subset (constant per run)
+    test_acc_last_baseline the no-recall baseline of test_acc_last on the same test rows
+                          (models.data.baseline; constant per run)
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.data.batches import IGNORE_INDEX, loss_targets
+from models.data.baseline import no_recall_baseline
 from models.data.synthetics import train_acc_all_ceiling
 
 CHUNK = 250  # examples per forward; fixed, so sums are reproducible
@@ -39,6 +42,7 @@ class EvalSet:
     test_targets: Tensor
     test_answer: Tensor
     ceiling: float
+    baseline: float
 
 
 def make_eval_set(data, loss: str, train_subset: int | None, test_subset: int | None, device) -> EvalSet:
@@ -48,6 +52,7 @@ def make_eval_set(data, loss: str, train_subset: int | None, test_subset: int | 
     sub = dataclasses.replace(data, train_inputs=data.train_inputs[rows], train_targets=data.train_targets[rows],
                               train_roles=data.train_roles.select(rows))
     ceiling = float(train_acc_all_ceiling(sub, split="train"))
+    baseline = no_recall_baseline(data, rows=m)  # exact on the evaluated test rows; no RNG
     tr, te = data.train_roles, data.test_roles
     targets = data.train_targets[rows]
     return EvalSet(
@@ -55,7 +60,7 @@ def make_eval_set(data, loss: str, train_subset: int | None, test_subset: int | 
         train_loss_targets=loss_targets(targets, tr.answer[rows], loss).to(device),
         train_recallable=tr.recallable[rows].to(device), train_answer=tr.answer[rows].to(device),
         test_inputs=data.test_inputs[:m].to(device), test_targets=data.test_targets[:m].to(device),
-        test_answer=te.answer[:m].to(device), ceiling=ceiling,
+        test_answer=te.answer[:m].to(device), ceiling=ceiling, baseline=baseline,
     )
 
 
@@ -111,5 +116,5 @@ def evaluate(model: nn.Module, es: EvalSet) -> dict[str, float | None]:
         "train_loss": train_loss, "test_loss": test_loss,
         "train_acc_all": tr["all"], "train_acc_recallable": tr["recallable"],
         "train_acc_last": tr["last"], "test_acc_last": te["last"],
-        "train_acc_all_ceiling": es.ceiling,
+        "train_acc_all_ceiling": es.ceiling, "test_acc_last_baseline": es.baseline,
     }
