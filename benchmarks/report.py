@@ -14,7 +14,8 @@ from pathlib import Path
 from models.rundir.io import atomic_write_text
 
 DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU (`--device cuda`)"}
-SECTION_ORDER = ("targets", "train", "operator", "levers", "hooks", "implicit", "capture", "demo", "notes")
+SECTION_ORDER = ("targets", "train", "operator", "levers", "compile", "study", "hooks", "implicit", "capture", "demo",
+                 "notes")
 
 
 @dataclass

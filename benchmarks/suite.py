@@ -9,7 +9,10 @@ import torch
 from benchmarks import machine, report
 from benchmarks.report import Section
 
-SECTIONS = ("train", "levers", "hooks", "implicit", "capture", "demo")
+SECTIONS = ("train", "levers", "hooks", "implicit", "capture", "demo", "study", "compile")
+# run by default; `study` (minutes of training runs) and `compile` (a cold inductor compile) only
+# when asked for: `--study`, `--compile`, or `--only study` / `--only compile`
+DEFAULT_SECTIONS = ("train", "levers", "hooks", "implicit", "capture", "demo")
 
 
 @dataclass
@@ -26,6 +29,10 @@ class Plan:
     lever_fft_lengths: list[int] = field(default_factory=lambda: [66, 67, 97, 1021])
     lever_rounds: int = 11
     lever_implicit_len: int = 512
+    step_lever_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(64, 32), (66, 16), (1024, 4)])
+    seeds_lever: tuple[int, int] = (66, 16)
+    seeds_E: int = 4
+    study_repeats: int = 3
 
     def work(self, sections: list[str]) -> int:
         """Progress-bar ticks the chosen sections will make."""
@@ -33,6 +40,9 @@ class Plan:
         n += sum(r for _, _, r in self.train) if "train" in sections else 0
         n += sum(r for _, _, r in self.hooks) if "hooks" in sections else 0
         n += 6 * len(self.lever_sizes) + len(self.lever_fft_lengths) + 2 if "levers" in sections else 0
+        n += 5 * len(self.step_lever_sizes) + 1 if "levers" in sections else 0
+        n += 2 * self.study_repeats if "study" in sections else 0
+        n += 2 if "compile" in sections else 0
         n += 2 * len(self.implicit) if "implicit" in sections else 0
         n += 3 * self.capture.get("rounds", 0) if "capture" in sections else 0
         return n
@@ -44,7 +54,8 @@ def make_plan(device: str, quick: bool) -> Plan:
                     capture=dict(seq_len=8, n_train=64, n_test=48, n_probe=32, n_circuit=8, rounds=1,
                                  options=dict(ig_steps=4, n_attr=2, n_scores=2, n_patch=4)),
                     lever_sizes=[(16, 2)], lever_fft_lengths=[11], lever_rounds=2,
-                    lever_implicit_len=24)
+                    lever_implicit_len=24, step_lever_sizes=[(16, 2)], seeds_lever=(16, 2), seeds_E=2,
+                    study_repeats=1)
     capture = dict(seq_len=64, n_train=500, n_test=500, n_probe=256, n_circuit=32, rounds=3)
     if device.startswith("cuda"):
         return Plan(device, False, 64,
@@ -52,9 +63,11 @@ def make_plan(device: str, quick: bool) -> Plan:
                     hooks=[(66, 256, 20), (1024, 32, 20), (8192, 4, 10)],
                     implicit=[(1024, 5), (4096, 5), (16384, 3), (65536, 1)],
                     capture=capture, attention_max_len=16384)
-    # CPU: the whole suite in a few minutes on a 2-core box; fewer rounds at the long lengths
+    # CPU: the train sizes are the issue's (reference targets at 64/1024/8192, safari's at
+    # 66/1026/8194); fewer rounds at the long lengths (CPU time is steady: few rounds suffice)
     return Plan(device, False, 64,
-                train=[(64, 32, 15), (66, 32, 15), (1024, 4, 15), (8192, 1, 5)],
+                train=[(64, 32, 15), (66, 32, 15), (1024, 4, 11), (1026, 8, 9), (8192, 1, 5), (8194, 1, 5)],
+                attention_max_len=1026,
                 hooks=[(66, 256, 21), (1024, 8, 21)],
                 implicit=[(1024, 5), (4096, 3), (16384, 1)],
                 capture=capture)
@@ -80,18 +93,22 @@ def targets_section(sections: list[Section], old_block: str | None) -> Section:
     rows = kept + [[sec.key, label, f"{measured:.3f}", f"≤ {bound:g}", "met" if measured <= bound else "**not met**",
                     machine.today()] for sec in sections for label, measured, bound in sec.checks]
     rows.sort(key=lambda r: report.SECTION_ORDER.index(r[0]))
-    return Section("targets", "Targets of the performance issue",
+    return Section("targets", "Targets of the performance issues",
                    text=["One row per target, from the latest run of its section (the date column); "
                          "the sections below hold the measurements and their machine. Why the misses: "
-                         "\"Notes: what was tried\", after the GPU block."],
+                         "\"Training speed: what was built, what bounds it\" and \"Notes: what was tried\", "
+                         "after the GPU block."],
                    tables=[(["section", "target", "measured", "bound", "", "date"], rows)])
 
 
-def run(device: str, quick: bool, only: list[str] | None, out: Path, demo: bool, progress: bool = True) -> str:
+def run(device: str, quick: bool, only: list[str] | None, out: Path, demo: bool, progress: bool = True, *,
+        safari_src: str | None = None, baseline_src: str | None = None, study: bool = False,
+        compile_lever: bool = False) -> str:
     from tqdm.auto import tqdm
 
     plan = make_plan(device, quick)
-    chosen = list(only or SECTIONS)
+    chosen = list(only or DEFAULT_SECTIONS) + (["study"] if study and only is None else []) \
+        + (["compile"] if compile_lever and only is None else [])
     prov = f"Measured {machine.today()}: {machine.describe(device)}. Command: `{machine.command_line()}`."
     old = out.read_text(encoding="utf-8") if out.is_file() else ""
     sections: list[Section] = []
@@ -99,7 +116,7 @@ def run(device: str, quick: bool, only: list[str] | None, out: Path, demo: bool,
     try:
         if "train" in chosen:
             from benchmarks import train_step
-            sections += train_step.run(plan, bar, prov)
+            sections += train_step.run(plan, bar, prov, safari_src)
         if "levers" in chosen:
             from benchmarks import levers
             sections += levers.run(plan, bar, prov)
@@ -112,6 +129,12 @@ def run(device: str, quick: bool, only: list[str] | None, out: Path, demo: bool,
         if "capture" in chosen:
             from benchmarks import capture_bench
             sections += capture_bench.run(plan, bar, prov)
+        if "study" in chosen:
+            from benchmarks import study_bench
+            sections += study_bench.run(plan, bar, prov, baseline_src)
+        if "compile" in chosen:
+            from benchmarks import compile_bench
+            sections += compile_bench.run(plan, bar, prov)
     finally:
         bar.close()
     if "demo" in chosen:

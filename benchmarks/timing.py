@@ -44,10 +44,22 @@ class Timings:
         return f"{(q[2] - q[0]) / statistics.median(s):.0%}"
 
 
+def clock_for(device: str, clock: str) -> Callable[[], float]:
+    """`time.perf_counter` for "wall"; for "cpu", `time.thread_time`: the CPU seconds of this
+    thread, which with one torch thread is all the work of a call (the intra-op pool is the
+    caller), and which, unlike wall time, does not count the time the thread waits for a core
+    on a shared machine. CUDA work is asynchronous, so a GPU is always timed by the wall clock."""
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    return time.thread_time if clock == "cpu" and not device.startswith("cuda") else time.perf_counter
+
+
 def compare(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1, device: str = "cpu",
-            tick: Callable[[], None] | None = None) -> Timings:
+            tick: Callable[[], None] | None = None, clock: str = "wall") -> Timings:
     """Run every variant `warmup` times, then `rounds` rounds of one call each, interleaved
-    (the order rotates every round so that no variant always runs first)."""
+    (the order rotates every round so that no variant always runs first). `clock`: "wall" or
+    "cpu" (`clock_for`)."""
+    now = clock_for(device, clock)
     names = list(variants)
     for _ in range(warmup):
         for name in names:
@@ -58,10 +70,10 @@ def compare(variants: dict[str, Callable[[], object]], rounds: int, warmup: int 
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             variants[name]()
             _sync(device)
-            out.samples[name].append(time.perf_counter() - t0)
+            out.samples[name].append(now() - t0)
         if tick is not None:
             tick()
     return out

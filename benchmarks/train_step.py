@@ -1,5 +1,7 @@
-"""Train step (forward + backward + AdamW) of HyenaLM against the reference (benchmarks/reference.py)
-and the TransformerLens attention baseline, side by side; and the operator alone."""
+"""Train step (forward, cross-entropy, backward, AdamW) of HyenaLM against safari's whole step
+(benchmarks/reference.py), safari's own code when `--safari-src` is given (benchmarks/safari_src.py),
+the step's GEMM floor (benchmarks/floor.py) and the TransformerLens attention baseline, side by
+side; and the operator alone."""
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +11,17 @@ import io
 import torch
 import torch.nn.functional as F
 
-from benchmarks.reference import ReferenceAdamW, ReferenceHyenaOperator, reference_lm
+from benchmarks.floor import gemm_floor, gemm_flops
+from benchmarks.reference import ReferenceHyenaOperator, ReferenceLM, reference_optimizer
 from benchmarks.report import Section
 from benchmarks.timing import compare
 from models.build import build_model
 from models.training.optim import AdamW, param_groups
 
-TARGETS = {64: 0.6, 1024: 0.6, 8192: 0.8}  # the performance issue's CPU targets (ratio to the reference)
+# the training-speed issue's CPU targets: ours / reference at L, ours / safari at L, ours / floor
+REF_TARGETS = {64: 0.6, 1024: 0.6, 8192: 0.5}
+SAFARI_TARGETS = {66: 0.6, 1026: 0.6, 8194: 0.45}
+FLOOR_TARGETS = {(64, 32): 1.7}
 
 
 def _step(model, opt, x, y):
@@ -32,21 +38,51 @@ def _ms(t: float) -> str:
     return f"{t * 1e3:.1f}" if t < 10 else f"{t * 1e3:.0f}"
 
 
-def run(plan, bar, provenance: str) -> list[Section]:
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _models(plan, L: int, safari_src: str | None):
+    """(ours, safari or None): with a safari checkout, ours is built from safari's weights."""
+    cfg = dict(kind="hyena", vocab_size=10, d_model=plan.d_model, n_layers=2, l_max=L)
+    ours = build_model(cfg, seed=0)
+    if safari_src is None:
+        return ours, None
+    from benchmarks.safari_src import safari_pair
+
+    safari, ours = safari_pair(safari_src, ours.cfg, seed=0)
+    return ours, safari
+
+
+def _verdict(r: float, target: float | None) -> str:
+    return "" if target is None else (f"≤ {target}: met" if r <= target else f"≤ {target}: **not met**")
+
+
+def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Section]:
     dev, d = plan.device, plan.d_model
-    rows, op_rows, checks = [], [], []
+    clock = "cpu" if dev == "cpu" else "wall"
+    rows, op_rows, checks, agree = [], [], [], []
     for L, b, rounds in plan.train:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 10, (b, L), generator=g).to(dev)
         y = torch.randint(0, 10, (b, L), generator=g).to(dev)
-        ours = build_model(dict(kind="hyena", vocab_size=10, d_model=d, n_layers=2, l_max=L), seed=0).to(dev).train()
-        ref = reference_lm(ours).train()
+        ours, safari = _models(plan, L, safari_src if dev == "cpu" else None)
+        ours, ref = ours.to(dev), ReferenceLM(ours).to(dev)
+        with torch.no_grad():  # the same function on both sides (eval: no dropout)
+            probe = x[:2]
+            want = ours.eval()(probe)
+            agree.append((L, _rel(ref.eval()(probe), want), None if safari is None else _rel(safari.eval()(probe), want)))
+        ours.train(), ref.train()
         free = copy.deepcopy(ours)
-        for block in free.blocks:  # a free operator: what the step costs without any mixer
+        for block in free.blocks:  # what the step costs without any mixer
             block.mixer = torch.nn.Identity()
         variants = {"ours": _step(ours, AdamW(param_groups(ours, 0.1), lr=1e-3), x, y),
-                    "ref": _step(ref, ReferenceAdamW(param_groups(ref, 0.1), lr=1e-3), x, y),
-                    "free": _step(free, AdamW(param_groups(free, 0.1), lr=1e-3), x, y)}
+                    "ref": _step(ref, reference_optimizer(ref, lr=1e-3), x, y),
+                    "free": _step(free, AdamW(param_groups(free, 0.1), lr=1e-3), x, y),
+                    "floor": gemm_floor(ours, b, L, dev)}
+        if safari is not None:
+            safari = safari.to(dev).train()
+            variants["safari"] = _step(safari, reference_optimizer(safari, lr=1e-3), x, y)
         with_att = L <= plan.attention_max_len
         if with_att:
             with contextlib.redirect_stdout(io.StringIO()):  # TL prints "Moving model to device"
@@ -54,58 +90,84 @@ def run(plan, bar, provenance: str) -> list[Section]:
                 att = att.to(dev).train()
             variants["attention"] = _step(att, AdamW(param_groups(att, 0.1), lr=1e-3), x, y)
         bar.set_postfix_str(f"train L={L}")
-        t = compare(variants, rounds, warmup=1, device=dev, tick=bar.update)
+        t = compare(variants, rounds, warmup=1, device=dev, tick=bar.update, clock=clock)
+        cpu_targets = dev == "cpu" and not plan.quick
         r = t.ratio("ours", "ref")
-        target = TARGETS.get(L) if dev == "cpu" and not plan.quick else None
-        verdict = "" if target is None else (f"≤ {target}: met" if r <= target else f"≤ {target}: **not met**")
-        if target is not None:
-            checks.append((f"train step L={L}: ours / reference", r, target))
-        rows.append([L, b, _ms(t.median("ours")), _ms(t.median("ref")), f"**{r:.2f}**", verdict,
-                     _ms(t.median("free")), f"{t.ratio('free', 'ref'):.2f}",
-                     _ms(t.median("attention")) if with_att else "skipped",
-                     f"{t.ratio('ours', 'attention'):.2f}" if with_att else "", t.spread("ours")])
-        # the operator alone: where the two differ
-        op, ref_op = ours.blocks[0].mixer, ReferenceHyenaOperator(ours.blocks[0].mixer)
-        u = torch.randn(b, L, d, generator=g).to(dev).requires_grad_(True)
-        gy = torch.randn(b, L, d, generator=g).to(dev)
+        ref_target = REF_TARGETS.get(L) if cpu_targets else None
+        if ref_target is not None:
+            checks.append((f"train step L={L} b={b}: ours / reference (safari's whole step)", r, ref_target))
+        rs = t.ratio("ours", "safari") if safari is not None else None
+        saf_target = SAFARI_TARGETS.get(L) if cpu_targets else None
+        if saf_target is not None and rs is not None:
+            checks.append((f"train step L={L} b={b}: ours / safari's own code", rs, saf_target))
+        rf = t.ratio("ours", "floor")
+        floor_target = FLOOR_TARGETS.get((L, b)) if cpu_targets else None
+        if floor_target is not None:
+            checks.append((f"train step L={L} b={b}: ours / GEMM floor", rf, floor_target))
+        rows.append([
+            L, b, _ms(t.median("ours")), _ms(t.median("ref")), f"**{r:.2f}**", _verdict(r, ref_target),
+            _ms(t.median("safari")) if rs is not None else "not measured",
+            f"**{rs:.2f}**" if rs is not None else "", _verdict(rs, saf_target) if rs is not None else "",
+            _ms(t.median("floor")), f"{gemm_flops(ours, b, L) / t.median('floor') / 1e9:.0f}", f"**{rf:.2f}**",
+            _verdict(rf, floor_target), _ms(t.median("free")), f"{t.ratio('free', 'ref'):.2f}",
+            f"{t.ratio('ours', 'attention'):.2f}" if with_att else "skipped", t.spread("ours")])
+        op_rows.append(_operator_row(ours, L, b, rounds, g, dev, clock, bar))
+        del ours, ref, free, variants, safari
+    return [_train_section(rows, checks, agree, provenance, d, clock),
+            Section("operator", "The Hyena operator alone", provenance,
+                    text=["One `HyenaOperator` (the first layer's mixer) against `ReferenceHyenaOperator` on "
+                          "copies of the same weights: forward + backward in train mode, and an eval forward "
+                          "without gradients (where our operator reuses its cached filters). Same clock as above."],
+                    tables=[(["L", "batch", "fwd+bwd ours ms", "fwd+bwd ref ms", "ratio", "eval fwd ours ms",
+                              "eval fwd ref ms", "ratio"], op_rows)])]
 
-        def fb(m):
-            return lambda: m(u).backward(gy)
 
-        def fwd(m):
-            def run():
-                with torch.no_grad():
-                    m(u)
-            return run
+def _operator_row(ours, L, b, rounds, g, dev, clock, bar) -> list:
+    op = ours.blocks[0].mixer
+    ref_op = ReferenceHyenaOperator(op).to(dev)
+    u = torch.randn(b, L, op.d_model, generator=g).to(dev).requires_grad_(True)
+    gy = torch.randn(b, L, op.d_model, generator=g).to(dev)
 
-        to = compare({"ours": fb(op), "ref": fb(ref_op)}, rounds, warmup=1, device=dev)
-        op.eval()  # (train() and eval() drop the filter cache: switch once, not per call)
-        te = compare({"ours": fwd(op), "ref": fwd(ref_op)}, rounds, warmup=1, device=dev, tick=bar.update)
-        op.train()
-        op_rows.append([L, b, _ms(to.median("ours")), _ms(to.median("ref")), f"{to.ratio('ours', 'ref'):.2f}",
-                        _ms(te.median("ours")), _ms(te.median("ref")), f"{te.ratio('ours', 'ref'):.2f}"])
-        del ours, ref, free, variants
-    train = Section(
-        "train", "Train step: HyenaLM vs the reference", provenance,
-        text=["One optimizer step (forward, cross-entropy on every position, backward, AdamW) of a "
-              f"2-layer HyenaLM (d_model {d}, order 2, causal) against the same model with the reference "
-              "operator and a per-parameter AdamW loop (benchmarks/reference.py: safari's algorithm, FFT "
-              "size exactly 2L, filter re-materialized every call, `nn.Conv1d` short conv, autograd "
-              "throughout; a test checks it against our operator to 1e-5). Attention: the TransformerLens "
-              "baseline of the same width and depth with our AdamW. *No operator*: the same step with "
-              "each mixer replaced by the identity, i.e. everything the two sides share; its ratio to "
-              "the reference bounds what any operator can reach. Median of interleaved rounds "
-              f"(ms per step); ratio = median over rounds of ours / reference within the round; spread = "
-              "interquartile range / median of ours."],
-        tables=[(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "no operator ms",
-                  "no operator / ref", "attention ms",
-                  "ours / attention", "spread"], rows)], checks=checks)
-    op = Section(
-        "operator", "The Hyena operator alone", provenance,
-        text=["One `HyenaOperator` (the first layer's mixer) against `ReferenceHyenaOperator` on the same "
-              "weights: forward + backward in train mode, and an eval forward without gradients (where our "
-              "operator reuses its cached filters). The train-step ratio above is bounded by this one: "
-              "the embedding, LayerNorms, MLPs (GELU) and the head are the same code in both."],
-        tables=[(["L", "batch", "fwd+bwd ours ms", "fwd+bwd ref ms", "ratio", "eval fwd ours ms",
-                  "eval fwd ref ms", "ratio"], op_rows)])
-    return [train, op]
+    def fb(m):
+        return lambda: m(u).backward(gy)
+
+    def fwd(m):
+        def run():
+            with torch.no_grad():
+                m(u)
+        return run
+
+    to = compare({"ours": fb(op), "ref": fb(ref_op)}, rounds, warmup=1, device=dev, clock=clock)
+    op.eval()  # (train() and eval() drop the filter cache: switch once, not per call)
+    te = compare({"ours": fwd(op), "ref": fwd(ref_op)}, rounds, warmup=1, device=dev, tick=bar.update, clock=clock)
+    op.train()
+    return [L, b, _ms(to.median("ours")), _ms(to.median("ref")), f"{to.ratio('ours', 'ref'):.2f}",
+            _ms(te.median("ours")), _ms(te.median("ref")), f"{te.ratio('ours', 'ref'):.2f}"]
+
+
+def _train_section(rows, checks, agree, provenance, d, clock) -> Section:
+    worst_ref = max(a[1] for a in agree)
+    saf = [a[2] for a in agree if a[2] is not None]
+    check = (f"Before timing, each size checks that the reference's logits equal ours (largest relative "
+             f"difference {worst_ref:.1e})" + (f" and safari's too ({max(saf):.1e})" if saf else "") + ".")
+    timer = ("CPU seconds of the measuring thread (`time.thread_time`: with one torch thread that is all "
+             "the work of a step, and unlike wall time it does not count waiting for a core on a shared "
+             "machine)" if clock == "cpu" else "wall seconds, synchronized")
+    return Section(
+        "train", "Train step: HyenaLM vs safari's step", provenance,
+        text=["One optimizer step (forward, cross-entropy on every position, backward, AdamW) of a 2-layer "
+              f"HyenaLM (d_model {d}, d_inner {4 * d}, order 2, causal, embedding dropout 0.1, vocab 10). "
+              "*Reference*: safari's whole step written from its algorithm with nothing of ours "
+              "(benchmarks/reference.py: its operator, `nn.Linear` → `nn.GELU(tanh)` → `nn.Linear` MLP, "
+              "`nn.LayerNorm`, `nn.Embedding`, the tied head, `torch.optim.AdamW`) on copies of our "
+              "weights. *safari*: safari's own `SimpleLMHeadModel` from the checkout given by "
+              "`--safari-src PATH` (benchmarks/safari_src.py), our model then loaded from its weights by "
+              "`HyenaLM.from_safari`, with `torch.optim.AdamW`; \"not measured\" without it. *GEMM floor*: "
+              "every `nn.Linear` and the tied head, forward and backward, as `torch.mm` into preallocated "
+              "tensors (benchmarks/floor.py); GFLOP/s is the floor's rate. *No operator*: our step with each "
+              "mixer replaced by the identity. Attention: the TransformerLens baseline with our AdamW. "
+              f"Times: median over interleaved rounds of {timer}; ratio = median over rounds of ours / "
+              "other within the round; spread = interquartile range / median of ours. " + check],
+        tables=[(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "safari ms", "ours / safari",
+                  "target", "GEMM floor ms", "floor GFLOP/s", "ours / floor", "target", "no operator ms",
+                  "no operator / ref", "ours / attention", "spread"], rows)], checks=checks)

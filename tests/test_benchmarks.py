@@ -1,7 +1,9 @@
-"""The benchmark suite (benchmarks/, the performance issue): its reference computes what our
-operator computes (that is what keeps the ratios honest), its memory probe counts what it should,
-and `python -m benchmarks --quick` writes a well-formed BENCHMARKS.md that keeps every section
-it did not generate. No timing assertions: the numbers live in BENCHMARKS.md."""
+"""The benchmark suite (benchmarks/, the performance issues): its reference (safari's whole step,
+sharing no code with ours) computes what our model computes (that is what keeps the ratios
+honest), the GEMM floor has the step's shapes, safari's config maps back to ours, the memory
+probe counts what it should, and `python -m benchmarks --quick` writes a well-formed
+BENCHMARKS.md that keeps every section it did not generate. No timing assertions: the numbers
+live in BENCHMARKS.md."""
 from __future__ import annotations
 
 import re
@@ -11,8 +13,10 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.memory import LiveStorageBytes
-from benchmarks.reference import ReferenceAdamW, ReferenceHyenaOperator, reference_lm
+from benchmarks.floor import gemm_flops, gemm_shapes
+from benchmarks.reference import ReferenceAdamW, ReferenceHyenaOperator, ReferenceLM, reference_optimizer
 from models import HyenaOperator, build_model
+from models.errors import UserError
 from models.training.optim import AdamW, param_groups
 from tests.conftest import jitter_, tiny_hyena_config
 
@@ -33,26 +37,71 @@ def test_reference_operator_agrees_with_ours(causal, order):
     gx_ref, = torch.autograd.grad(y_ref.square().sum(), x)
     assert _rel(y.detach(), y_ref.detach()) <= 1e-5
     assert _rel(gx, gx_ref) <= 1e-5
-    # parameter gradients too (the train step differentiates them)
-    p = op.filter_fn.implicit_filter[0].weight
-    g1, = torch.autograd.grad(op(x).square().sum(), p)
-    g2, = torch.autograd.grad(ref(x).square().sum(), p)
-    assert _rel(g1, g2) <= 1e-5
+    # parameter gradients too (the train step differentiates them), on the reference's own copies
+    for ours_p, ref_p in ((op.filter_fn.implicit_filter[0].weight, ref.filter_fn.ffn[0].weight),
+                          (op.short_filter.weight, ref.short_filter.weight), (op.in_proj.weight, ref.in_proj.weight)):
+        assert ours_p is not ref_p
+        g1, = torch.autograd.grad(op(x).square().sum(), ours_p)
+        g2, = torch.autograd.grad(ref(x).square().sum(), ref_p)
+        assert _rel(g1, g2) <= 1e-5
 
 
-def test_reference_lm_and_adamw_agree_with_ours():
-    model = jitter_(build_model(tiny_hyena_config(embed_dropout=0.0), seed=0))
-    ref = reference_lm(model)
+@pytest.mark.parametrize("causal, order", [(True, 2), (False, 3)])
+def test_reference_lm_and_torch_adamw_agree_with_ours(causal, order):
+    model = jitter_(build_model(tiny_hyena_config(embed_dropout=0.0, causal=causal, order=order), seed=0))
+    ref = ReferenceLM(model)
+    ours_ids = {id(p) for p in model.parameters()}
+    assert not any(id(p) in ours_ids for p in ref.parameters())  # copies: nothing shared
+    assert all(type(m).__module__.split(".")[0] in ("torch", "benchmarks") for m in ref.modules())
     tokens = torch.randint(0, 10, (2, 16))
-    assert _rel(model(tokens).detach(), ref(tokens).detach()) <= 1e-5
-    o1, o2 = AdamW(param_groups(model, 0.1), lr=1e-2), ReferenceAdamW(param_groups(ref, 0.1), lr=1e-2)
+    assert _rel(ref(tokens).detach(), model(tokens).detach()) <= 1e-5
+    g1 = torch.autograd.grad(model(tokens).square().sum(), model.embed.weight)[0]
+    g2 = torch.autograd.grad(ref(tokens).square().sum(), ref.embed.weight)[0]
+    assert _rel(g2, g1) <= 1e-5
+    o1, o2 = AdamW(param_groups(model, 0.1), lr=1e-2), reference_optimizer(ref, lr=1e-2)
+    assert isinstance(o2, torch.optim.AdamW)
+    assert sorted(len(g["params"]) for g in o2.param_groups) == sorted(len(g["params"]) for g in o1.param_groups)
     for m, o in ((model, o1), (ref, o2)):
         for _ in range(2):
             o.zero_grad()
             m(tokens).logsumexp(-1).mean().backward()
             o.step()
-    for a, b in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert _rel(ref(tokens).detach(), model(tokens).detach()) <= 1e-5
+
+
+def test_reference_adamw_loop_agrees_with_ours():
+    model = jitter_(build_model(tiny_hyena_config(), seed=0))
+    twin = jitter_(build_model(tiny_hyena_config(), seed=0))
+    o1, o2 = AdamW(param_groups(model, 0.1), lr=1e-2), ReferenceAdamW(param_groups(twin, 0.1), lr=1e-2)
+    tokens = torch.randint(0, 10, (2, 16))
+    for m, o in ((model, o1), (twin, o2)):
+        for _ in range(2):
+            o.zero_grad()
+            m(tokens).logsumexp(-1).mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_gemm_floor_has_the_steps_shapes():
+    model = build_model(tiny_hyena_config(), seed=0)  # d 8, d_inner 32, order 2, vocab 10
+    shapes = {name: rest for name, *rest in gemm_shapes(model, batch=3, L=16)}
+    assert shapes["blocks.0.mixer.in_proj"] == [48, 8, 24] and shapes["blocks.1.mlp.fc2"] == [48, 32, 8]
+    assert shapes["blocks.0.mixer.filter_fn.implicit_filter.0"][0] == 16  # filter FFN: one row per lag
+    assert shapes["head (tied)"] == [48, 8, 10]
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert len(shapes) == n_linear + 1
+    assert gemm_flops(model, 3, 16) == sum(6 * r * i * o for r, i, o in shapes.values())
+
+
+def test_safari_model_config_maps_back_to_our_config():
+    from benchmarks.safari_src import load_safari, safari_model_config
+    from models.safari.conversion import lm_config_from_safari
+
+    cfg = build_model(dict(kind="hyena", vocab_size=10, d_model=16, n_layers=2, l_max=66), seed=0).cfg
+    assert lm_config_from_safari(safari_model_config(cfg)) == cfg
+    with pytest.raises(UserError, match="point it at a checkout"):
+        load_safari("/nonexistent/safari")
 
 
 def test_live_storage_bytes_counts_allocations_until_freed():
@@ -103,6 +152,19 @@ def test_quick_suite_writes_a_well_formed_file_and_keeps_other_sections(tmp_path
     assert hooks_before in again and again.count("<!-- bench:cpu:implicit:begin -->") == 1
     assert "Another engineer's section." in again
     capsys.readouterr()
+
+
+def test_study_section_measures_runs_per_cpu_hour(tmp_path, capsys):
+    out = tmp_path / "BENCHMARKS.md"
+    assert main(["--quick", "--out", str(out), "--no-progress", "--only", "study"]) == 0
+    text = out.read_text()
+    _check_markdown(text)
+    block = re.search(r"<!-- bench:cpu:study:begin -->.*?<!-- bench:cpu:study:end -->", text, re.S).group(0)
+    row = re.search(r"^\| this tree \| 1 \| ([\d.]+) \|.*$", block, re.M)
+    assert row and float(row.group(1)) > 0
+    assert "--baseline-src" in block  # no baseline given: the text says how to add one
+    assert main(["--quick", "--out", str(out), "--safari-src", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_cuda_is_refused_cleanly_without_a_gpu(tmp_path, capsys):

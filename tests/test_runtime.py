@@ -55,7 +55,8 @@ def test_tuned_malloc_reuses_cached_activation_memory():
     assert tuned
     # measured: 0-90 faults per call tuned, 1,300-2,900 with glibc's defaults. glibc's own
     # (dynamic) thresholds depend on the allocation history, and one untuned child in a full
-    # test run once measured 132: the untuned side gets up to three children
+    # test run once measured 132, another 473-518: the untuned side gets up to three children,
+    # and the property is the gap (tuned: a few faults; untuned: hundreds to thousands)
     offs = []
     for _ in range(3):
         off, faults_off = _faults("0")
@@ -64,7 +65,7 @@ def test_tuned_malloc_reuses_cached_activation_memory():
         if faults_off > 600:
             break
     assert faults_tuned < 250, faults_tuned
-    assert max(offs) > 600, offs
+    assert max(offs) > max(300.0, 3 * faults_tuned), (faults_tuned, offs)
 
 
 def test_opt_out_changes_nothing(monkeypatch):

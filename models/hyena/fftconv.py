@@ -98,21 +98,29 @@ class _FFTConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor):
         z, D, Z, K = ctx.saved_tensors
-        n, L = ctx.n, z.shape[-2]
-        G = torch.fft.rfft(g.transpose(-1, -2), n=n)
-        gz = gk = gD = None
-        if ctx.needs_input_grad[0]:
-            gz = _addcmul_rows(torch.fft.irfft(G * K.conj(), n=n)[..., :L].transpose(-1, -2), g, D)
-        if ctx.needs_input_grad[1]:
-            lead = G.dim() - ctx.k_dim
-            if lead == 1 and G.shape[0] == 1:  # one sequence: a product, no reduction (0.26x)
-                G, Z, lead = G[0], Z[0], 0
-            GZ = G * Z.conj() if lead == 0 else torch.linalg.vecdot(Z, G, dim=0) if lead == 1 \
-                else (G * Z.conj()).sum(tuple(range(lead)))
-            gk = torch.fft.irfft(GZ, n=n)
-        if ctx.needs_input_grad[2]:
-            gD = (g * z).sum(tuple(range(g.dim() - 1)))
-        return gz, gk, gD, None
+        need = ctx.needs_input_grad
+        return (*fft_conv_backward(g, z, Z, K, D, ctx.n, ctx.k_dim, need[0], need[1], need[2]), None)
+
+
+def fft_conv_backward(g: Tensor, z: Tensor, Z: Tensor, K: Tensor, D: Tensor, n: int, k_dim: int, need_z: bool,
+                      need_k: bool, need_D: bool) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(∂z, ∂k, ∂D) of `_conv_fwd` for the incoming gradient g [b, L, d] (None where not
+    needed): Z = rfft(z) and K = rfft(k) as the forward made them, k of `k_dim` dims."""
+    L = z.shape[-2]
+    G = torch.fft.rfft(g.transpose(-1, -2), n=n)
+    gz = gk = gD = None
+    if need_z:
+        gz = _addcmul_rows(torch.fft.irfft(G * K.conj(), n=n)[..., :L].transpose(-1, -2), g, D)
+    if need_k:
+        lead = G.dim() - k_dim
+        if lead == 1 and G.shape[0] == 1:  # one sequence: a product, no reduction (0.26x)
+            G, Z, lead = G[0], Z[0], 0
+        GZ = G * Z.conj() if lead == 0 else torch.linalg.vecdot(Z, G, dim=0) if lead == 1 \
+            else (G * Z.conj()).sum(tuple(range(lead)))
+        gk = torch.fft.irfft(GZ, n=n)
+    if need_D:
+        gD = (g * z).sum(tuple(range(g.dim() - 1)))
+    return gz, gk, gD
 
 
 def fft_conv(z: Tensor, D: Tensor, k: Tensor | None = None, spectrum: Tensor | None = None) -> Tensor:
@@ -142,30 +150,39 @@ class _ShortConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor):
         z, wt = ctx.saved_tensors
-        pad, L, k = ctx.pad, z.shape[-2], wt.shape[0]
-        gz = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            # out[t] += w_m z[t+s]  ⇒  gz[t+s] += w_m g[t]
-            gz = g * wt[pad] if 0 <= pad < k else torch.zeros_like(z)
-            for m, a, b, s in _taps(k, pad, L):
-                gz[..., a + s:b + s, :].addcmul_(g[..., a:b, :], wt[m])
-        if ctx.needs_input_grad[1]:
-            red = tuple(range(g.dim() - 1))
-            gw = torch.zeros_like(wt)
-            buf = torch.empty_like(g)  # one scratch tensor for every tap's products
-            for m in range(k):
-                s = m - pad
-                a, b = max(0, -s), min(L, L - s)
-                if a < b:
-                    torch.mul(g[..., a:b, :], z[..., a + s:b + s, :], out=buf[..., a:b, :])
-                    # zero the rows the tap misses and sum the whole contiguous buffer:
-                    # a sum over the strided slice is 10x slower (measured)
-                    buf[..., :a, :].zero_()
-                    buf[..., b:, :].zero_()
-                    gw[m] = buf.sum(red)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(tuple(range(g.dim() - 1)))
-        return gz, gw, gb, None
+        return (*short_conv_backward(g, z, wt, ctx.pad, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                                     ctx.has_bias and ctx.needs_input_grad[2]), None)
+
+
+def short_conv_backward(g: Tensor, z: Tensor, wt: Tensor, pad: int, need_z: bool, need_w: bool,
+                        need_b: bool, buf: Tensor | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(∂z, ∂wt, ∂bias) of `_short_fwd` for the incoming gradient g [b, L, C] (None where not
+    needed); wt [k, C] tap-major, as `_short_fwd` reads it. `buf`: scratch like g, reused
+    if given (its contents are overwritten)."""
+    L, k = z.shape[-2], wt.shape[0]
+    gz = gw = gb = None
+    if need_z:
+        # out[t] += w_m z[t+s]  ⇒  gz[t+s] += w_m g[t]
+        gz = g * wt[pad] if 0 <= pad < k else torch.zeros_like(z)
+        for m, a, b, s in _taps(k, pad, L):
+            gz[..., a + s:b + s, :].addcmul_(g[..., a:b, :], wt[m])
+    if need_w:
+        red = tuple(range(g.dim() - 1))
+        gw = torch.zeros_like(wt)
+        buf = torch.empty_like(g) if buf is None else buf  # one scratch tensor for every tap's products
+        for m in range(k):
+            s = m - pad
+            a, b = max(0, -s), min(L, L - s)
+            if a < b:
+                torch.mul(g[..., a:b, :], z[..., a + s:b + s, :], out=buf[..., a:b, :])
+                # zero the rows the tap misses and sum the whole contiguous buffer:
+                # a sum over the strided slice is 10x slower (measured)
+                buf[..., :a, :].zero_()
+                buf[..., b:, :].zero_()
+                gw[m] = buf.sum(red)
+    if need_b:
+        gb = g.sum(tuple(range(g.dim() - 1)))
+    return gz, gw, gb
 
 
 def _taps(k: int, pad: int, L: int):

@@ -13,6 +13,8 @@ uses exactly 2L), short conv left-padded. Non-causal: a backward implicit filter
 Speed (models/hyena/fftconv.py, numbers in BENCHMARKS.md): both convolutions are custom autograd
 Functions in the [b, L, channels] layout, the FFT size is the smallest even n ≥ 2L−1 without
 prime factors above 13 (`fftconv.fft_size`), and in eval without gradients the materialized filters and their spectra are cached (models/hyena/filter_cache.py).
+With gradients and no hook attached between in_proj and the activation, the core runs as one
+autograd Function (models/hyena/fused.py), bit-identical to the hooked op-by-op path.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from models.errors import UserError
 from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
 from models.hyena.filter_cache import FilterCache
 from models.hyena.filters import HyenaFilter
-from models.hyena.hooks import mixer_hook_names
+from models.hyena.fused import gated_conv
+from models.hyena.hooks import hook_idle, mixer_hook_names
 from models.safari.conversion import operator_kwargs_from_safari, load_aligned
 
 
@@ -300,6 +303,8 @@ class HyenaOperator(nn.Module):
             raise ValueError(f"sequence length {L} exceeds l_max {self.l_max}; build with l_max >= {L}")
         N, conv = self.order, self.short_filter
         u = self.hook_in_proj(self.in_proj(u))  # [b, L, (N+1)·d]
+        if self._fused_ok():
+            return self.out_proj(self.activation(self._fused_core(u, L)))
         u = self.hook_short(short_conv(u, conv.weight, conv.bias, conv.padding[0]))  # [b, L, (N+1)·d]
         *xs, v = u.split(self.d_model, dim=-1)  # N+1 × [b, L, d]: x^0 … x^{N−1}, v (`layout()`)
         xs = [getattr(self, f"hook_gate_{i}")(x) for i, x in enumerate(xs)]
@@ -310,6 +315,28 @@ class HyenaOperator(nn.Module):
             z = getattr(self, f"hook_conv_{o}")(conv_long(o, z))  # z ← h^o ∗ z + D^o ⊙ z
         y = self.hook_y(z * xs[0])  # [b, L, d]: x^0 ⊙ z
         return self.out_proj(self.activation(y))
+
+    def _fused_ok(self) -> bool:
+        """The one-Function core (models/hyena/fused.py) computes what the hooked path does, to the
+        bit; it is taken with gradients on (a training step; in eval without gradients the cached
+        filters are faster), when no hook between in_proj and the activation is attached and the
+        gated-stream dropout does nothing."""
+        if not torch.is_grad_enabled() or (self.training and self.dropout.p > 0):
+            return False
+        return all(hook_idle(getattr(self, name)) for name in self._core_hooks())
+
+    def _core_hooks(self) -> list[str]:
+        names = ["hook_short", "hook_v", "hook_filter", "hook_y"]
+        names += [f"hook_gate_{i}" for i in range(self.order)] + [f"hook_conv_{o}" for o in range(self.order - 1)]
+        return names + ([] if self.causal else ["hook_filter_rev"])
+
+    def _fused_core(self, u: Float[Tensor, "b L C"], L: int) -> Float[Tensor, "b L d"]:
+        """`hook_y`'s value from u = in_proj(x), by `gated_conv` (the same filters, kernels and
+        taps as the hooked path reads)."""
+        n, conv = fft_size(L), self.short_filter
+        k = circular_kernel(self.filters(L), None if self.causal else self.filters_rev(L), n)  # [N−1, d, n]
+        wt = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[-1]).t().contiguous()  # [k, C]
+        return gated_conv(u, wt, conv.bias, k, self.skip_bias(), conv.padding[0])
 
     # ---- safari import --------------------------------------------------------------------
     @classmethod
