@@ -36,8 +36,9 @@ from reports import html as H
 from reports.answers_html import answers_section, report_answers, toc
 from reports.explorer import explorer_section
 from reports.rundata import RunData, discover_runs, load_run_data, slugify
-from reports.summary import (group_keys, key_curves, load_group, plan_of, regime_rank, regime_summary,
-                             run_numbers, seed_claim, short_curve, steps_to)
+from reports.groupfile import load_group
+from reports.summary import (group_keys, key_curves, plan_of, regime_rank, regime_summary, run_numbers,
+                             seed_claim, short_curve, steps_to)
 
 DETAIL = ("first", "all")
 

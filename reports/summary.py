@@ -4,9 +4,9 @@ Sources, in order of preference (the report reads analysis' outputs, it does not
 that analysis has timed, and every CI and verdict is analysis' own):
 
 1. a combined analysis over the runs (`analysis.formation.analyze_group`'s JSON, passed in or
-   found beside the runs: `group_files`) — its per-regime jump midpoints, seed-claim offsets and
+   found beside the runs: reports.groupfile) — its per-regime recall-jump midpoints, seed-claim offsets and
    verdicts, lead/lag and steps to 99% are used as they are, for a regime whose run set matches;
-2. each run's `analysis/formation.json` (`jump`, `lead_lag`, `seed_claim`,
+2. each run's `analysis/formation.json` (`recall_jump`, `lead_lag`, `seed_claim`,
    `steps_to_99_test_acc`), over the regime's runs with analysis' estimator
    (`analysis.formation.estimate`, the one analyze_group uses) and its seed-claim rule
    (`analysis.claim_verdict`);
@@ -23,15 +23,11 @@ the accuracy estimates only (`run_numbers(rd, status)` drops its circuit lead/la
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from analysis.formation import SAME_TIME_TOL, claim_verdict, estimate
 from analysis.groups import is_accuracy_curve, plan_groups
-from models.errors import UserError
-from models.rundir.layout import RunDir
 from reports.rundata import RunData, _finite, main_transition
 
 ACC_KEYS = ("test_acc_last", "train_acc_all", "train_acc_recallable")
@@ -291,50 +287,6 @@ def _apply_group(s: dict[str, Any], g: dict[str, Any], rows: list[dict[str, Any]
     s["source"] = "analyze_group"
 
 
-def group_files(paths: list[str | Path]) -> list[Path]:
-    """Combined-analysis JSON files beside the runs: for each folder argument, any
-    `*.json` directly in it or in its `analysis/` whose top level has a `groups` mapping."""
-    found = []
-    for p in map(Path, paths):
-        if not p.is_dir() or RunDir(p).is_run():
-            continue
-        for f in sorted([*p.glob("*.json"), *(p / "analysis").glob("*.json")]):
-            try:
-                obj = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("groups"), dict):
-                found.append(f)
-    return found
-
-
-def load_group(source: Any, paths: list[str | Path]) -> tuple[dict[str, Any] | None, str]:
-    """(analyze_group output or None, a sentence saying where the statistics come from)."""
-    if isinstance(source, dict):
-        return source, "Regime statistics: analysis.formation.analyze_group (given)."
-    if source:
-        try:
-            obj = json.loads(Path(source).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise UserError(f"--group {source} cannot be read as JSON ({type(e).__name__}); pass the file "
-                            "analyze_group wrote") from None
-        if not (isinstance(obj, dict) and isinstance(obj.get("groups"), dict)):
-            raise UserError(f"--group {source} has no `groups` mapping; it is not analyze_group's output")
-    files = [Path(source)] if source else group_files(paths)
-    for f in files:
-        try:
-            obj = json.loads(Path(f).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            return None, (f"Combined analysis {f} could not be read ({type(e).__name__}); regime statistics are "
-                          "aggregated here from each run's formation.json.")
-        if isinstance(obj, dict) and isinstance(obj.get("groups"), dict):
-            return obj, (f"Regime statistics: the combined analysis {f} (analysis.formation.analyze_group) where its "
-                         "runs match a regime; else aggregated here.")
-    return None, ("No combined analysis (analyze_group JSON) found beside the runs: regime statistics are each "
-                  "run's formation.json aggregated here with analysis.bootstrap.bootstrap_ci and analysis' seed-claim rule.")
-
-
-# ------------------------------------------------------------------ the seed claim
 def seed_claim(regimes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The seed claim's verdict in causal/all (else the first regime) and its one sentence."""
     claim = "“train accuracy jumps around the same time as test accuracy”"

@@ -404,7 +404,8 @@ def test_report_in_headless_chromium(report_dir: Path, tmp_path: Path):
 def test_combined_analysis_drives_regime_statistics(tmp_path: Path):
     """analyze_group's estimates and verdict replace the report's own, for the matching regime."""
     from reports.rundata import discover_runs, load_run_data
-    from reports.summary import load_group, regime_key, regime_summary, run_numbers, seed_claim
+    from reports.groupfile import load_group
+    from reports.summary import regime_key, regime_summary, run_numbers, seed_claim
 
     runs_dir = tmp_path / "runs"
     for s in (0, 1):
