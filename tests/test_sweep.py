@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hyenalens.cli import main
-from hyenalens.sweep import run_sweep
+from hyenalens.sweep import analyze_sweep, run_sweep
 from models.config.source import read_config_source
 from models.rundir.io import read_jsonl
 from models.config.sweep import expand, load_sweep
@@ -112,6 +112,22 @@ def test_an_interrupted_run_resumes_and_ends_bit_identical(local, tmp_path):
     ran = res["ran"][0]
     assert ran["resumed_from"] == cut.step and ran["steps_trained"] == 48 - cut.step > 0
     assert _curves(copy / "runs" / name) == _curves(out / "runs" / name)
+
+
+def test_a_sweep_point_whose_runs_are_all_unfinished_is_named_not_pooled(local, tmp_path):
+    sweep, out = local
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "analysis", ignore_errors=True)
+    points = {p.name: p for p in expand(load_sweep(str(sweep)))}
+    cut = [n for n in NAMES if n.startswith("causal_all")]
+    for name in cut:  # both seeds of one point stopped early, as after a kill
+        shutil.rmtree(copy / "runs" / name)
+        assert not train(points[name].config, copy / "runs" / name, max_steps=20, quiet=True).finished
+    group = analyze_sweep(copy)
+    assert set(group["groups"]) == {"noncausal_last__vocab_size=10"}
+    assert sorted(e["run"] for e in group["excluded"]) == cut
+    assert all(e["reason"].startswith("stopped at step") for e in group["excluded"])
 
 
 def test_analyze_sweep_dir_gives_per_group_bootstrap_cis(local, capsys):
