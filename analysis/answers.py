@@ -68,8 +68,10 @@ def _task(label: str) -> str:
 def _diff_ci(a: list[float], b: list[float], confidence: float) -> tuple[float, float | None, float | None]:
     """mean(b) − mean(a) with a two-sample percentile bootstrap CI (None with < 2 per side)."""
     d = float(np.mean(b) - np.mean(a))
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return d, (d if len(a) >= 2 and len(b) >= 2 else None), (d if len(a) >= 2 and len(b) >= 2 else None)
+    if len(a) < 2 or len(b) < 2:
+        return d, None, None
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread on either side: the CI is the point
+        return d, d, d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap((np.asarray(a), np.asarray(b)), lambda x, y, axis=-1: y.mean(axis) - x.mean(axis),

@@ -24,7 +24,7 @@ the detector fits (three), and its stage-one phases are a few evaluations apart;
 fails its rules and the raw curve gets no transition at all although the run learns recall (the
 demo's noncausal/last seeds 0 and 1 end at 0.99 with no transition of the raw curve). Floored,
 stage one is one flat stretch, and the recall phases are found the same way whatever the
-evaluation density (checked on the same runs evaluated 34, 41 and 62 times). Every transition
+evaluation density (checked on the same runs evaluated 34 to 62 times). Every transition
 of the raw curve is still reported (formation.json ``transitions``).
 
 Why this rise: it is the accuracy that the transition adds beyond what no-recall models reach,
