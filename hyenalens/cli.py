@@ -201,7 +201,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from hyenalens.sweep import run_sweep, summary_lines
 
     res = run_sweep(args.sweep, args.out, backend=args.backend, address=args.address, workers=args.workers,
-                    threads=1 if args.threads is None else args.threads, quiet=args.quiet)
+                    threads=1 if args.threads is None else args.threads, quiet=args.quiet,
+                    only=args.only)
     if not args.quiet:
         print("\n".join(summary_lines(res)))
     for r in res["failed"]:
@@ -331,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local process pool (default) or Ray (pip install 'hyenalens[ray]')")
     w.add_argument("--address", default=None, help="an existing Ray cluster (auto, HOST:PORT or ray://...)")
     w.add_argument("--workers", type=int, default=None, help="processes (default: the CPU cores)")
+    w.add_argument("--only", default=None, metavar="RUN",
+                   help="run just this point (its name: a folder of SWEEP_DIR/runs, a row of docs/study/runs.csv)")
     _threads_and_quiet(w)
     w.set_defaults(func=_cmd_sweep)
     for name, sp in sub.choices.items():

@@ -16,6 +16,7 @@ is reported at the end and does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -175,9 +176,24 @@ def _run_ray(ray, jobs: list[Job], threads: int, quiet: bool, on_result: Callabl
 
 
 # ---- the sweep ------------------------------------------------------------------------------
+def _only(points: list[Point], name: str, sweep: str) -> list[Point]:
+    """The one point named `name` (a `run` of runs.csv, a folder of SWEEP_DIR/runs)."""
+    chosen = [p for p in points if p.name == name]
+    if not chosen:
+        names = [p.name for p in points]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"--only {name}: sweep {sweep} has no run of that name; {hint}"
+                        f"run names look like {names[0]} (sweep.json lists them all)")
+    return chosen
+
+
 def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: str | None = None,
-              workers: int | None = None, threads: int = 1, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) a sweep into `out`; everything is validated before anything is written."""
+              workers: int | None = None, threads: int = 1, quiet: bool = False,
+              only: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep into `out`; everything is validated before anything is written.
+    With `only`, just that point runs (its directory is a full sweep directory, so the other
+    points can be run into it later)."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if address and backend != "ray":
@@ -192,8 +208,9 @@ def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: s
     same = _check_dir(out, record)
     if backend == "ray":
         _import_ray()  # a missing extra is bad input: refuse before anything is written
-    done = {p.name: rec for p in points if same and (rec := _done(out, p)) is not None}
-    todo = [p for p in points if p.name not in done]
+    chosen = _only(points, only, sweep) if only is not None else points
+    done = {p.name: rec for p in chosen if same and (rec := _done(out, p)) is not None}
+    todo = [p for p in chosen if p.name not in done]
     by_out = {str((out / "runs" / p.name).resolve()): p for p in todo}
     results: list[dict[str, Any]] = []
 
@@ -206,7 +223,7 @@ def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: s
                               {"config_digest": _digest(point.config), "stamps": _stamps(run), **res})
         results.append(res)
 
-    jobs = [Job(p.config, p.seed, run, ()) for run, p in by_out.items()]
+    jobs = [Job(p.config, p.seed, run, (), spec.capture_limit) for run, p in by_out.items()]
     session = _ray_session(address, workers, quiet) if backend == "ray" and jobs else contextlib.nullcontext()
     with session as ray:
         if not same:
@@ -217,9 +234,9 @@ def run_sweep(sweep: str, out: str | Path, *, backend: str = "local", address: s
             run_jobs(jobs, workers, quiet, threads=threads, run=_run_one, on_result=on_result, desc="sweep")
     skipped = [{**rec, "name": n, "skipped": True, "steps_trained": 0} for n, rec in done.items()]
     failed = [r for r in results if "error" in r]
-    group = analyze_sweep(out, reuse_group=not results) if len(failed) < len(points) else None
-    return {"name": spec.name, "out": str(out), "backend": backend, "points": len(points),
-            "groups": len({p.group for p in points}), "ran": [r for r in results if "error" not in r],
+    group = analyze_sweep(out, reuse_group=not results) if len(failed) < len(chosen) else None
+    return {"name": spec.name, "out": str(out), "backend": backend, "points": len(chosen),
+            "groups": len({p.group for p in chosen}), "ran": [r for r in results if "error" not in r],
             "skipped": skipped, "failed": failed, "analysis": group, "elapsed": time.perf_counter() - t0}
 
 
@@ -253,8 +270,20 @@ def analyze_sweep(sweep_dir: str | Path, out_path: str | Path | None = None, *,
         out["groups"][name] = {**summary, "regime": regime, "sweep_regime": pts[0]["regime"],
                                "params": pts[0]["params"], "seeds": [p["seed"] for p in pts],
                                "n_planned": sum(1 for p in record["points"] if p["group"] == name)}
+    _answers(sweep_dir, out, groups)
     atomic_write_json(path, out)
     return out
+
+
+def _answers(sweep_dir: Path, out: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> None:
+    """The four answers across the sweep's groups (analysis.answers), as `hyenalens analyze`
+    gives them for the same runs: grouped by experiment (one sweep group is one experiment) and
+    labelled by task and regime, so causal/all pairs with causal/last of the same task and
+    settings. `answer_groups` maps each answer label to its sweep group(s)."""
+    runs = {p["name"]: p["group"] for pts in groups.values() for p in pts}
+    combined = analyze_group([sweep_dir / "runs" / n for n in runs], group_by="regime")
+    out["answers"] = combined["answers"]
+    out["answer_groups"] = {label: sorted({runs[r] for r in g["runs"]}) for label, g in combined["groups"].items()}
 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
@@ -269,6 +298,9 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         where = f"recall jump at step {jump['value']:.0f}{ci}" if jump.get("value") is not None else "no recall jump"
         lines.append(f"  {name}: {g['n_runs']}/{g['n_planned']} runs, {where} in {jump['n']} run(s), "
                      f"seed claim {g['seed_claim']['verdict']}")
+    answers = (res.get("analysis") or {}).get("answers") or {}
+    if answers:
+        lines.append("answers: " + "; ".join(f"{k}: {a['verdict']}" for k, a in answers.items() if isinstance(a, dict)))
     if res.get("analysis"):
         lines.append(f"per-group statistics: {Path(res['out']) / 'analysis' / 'formation_group.json'}")
     return lines

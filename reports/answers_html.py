@@ -26,11 +26,14 @@ QUESTIONS = {
 ANCHOR = "the-four-answers"
 
 
-def report_answers(runs: list[RunData], keys: list[str | None], plan: dict[str, Any]) -> dict:
-    """analysis.answers over the page's groups: each run's formation.json, its circuit numbers
-    masked when it is not probed (accuracy only), and its last step (for censoring)."""
+def report_answers(runs: list[RunData], plan: dict[str, Any]) -> dict:
+    """analysis.answers over the plan's groups (analysis.groups.plan_groups, as `hyenalens
+    analyze` groups them; a sweep's group is one experiment, so it is one plan group, but its
+    sweep label does not name the regime the answers pair by): each run's formation.json, its
+    circuit numbers masked when it is not probed (accuracy only), and its last step (for censoring)."""
     groups: dict[str, list[dict]] = {}
-    for rd, key in zip(runs, keys):
+    for rd in runs:
+        key = plan["labels"].get(str(rd.path))
         if key is None:
             continue  # unfinished: in no estimate
         st = plan["status"].get(str(rd.path)) or {}

@@ -131,7 +131,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, detail: str = 
     numbers = [run_numbers(r, status.get(str(r.path))) for r in runs]
     regimes = regime_summary(numbers, keys, group, plan)
     claim = seed_claim(regimes)
-    ans = report_answers(runs, keys, plan)
+    ans = report_answers(runs, plan)
     excluded = [{"run": r.name, "reason": status[str(r.path)]["reason"]} for r, k in zip(runs, keys) if k is None]
 
     from reports.figures_compare import fig_comparison

@@ -15,7 +15,9 @@ import pytest
 
 from hyenalens.cli import main
 from hyenalens.sweep import analyze_sweep, run_sweep
-from models.config.source import read_config_source
+from hyenalens.pipeline import DEMO
+from models.config.schema import validate_config
+from models.config.source import apply_overrides, read_config_source
 from models.rundir.io import read_jsonl
 from models.config.sweep import expand, load_sweep
 from models.training.loop import train
@@ -146,6 +148,40 @@ def test_analyze_sweep_dir_gives_per_group_bootstrap_cis(local, capsys):
         assert g["seed_claim"]["verdict"] in ("consistent", "not consistent", "undetermined")
 
 
+def test_only_reruns_one_point_bit_identically(local, tmp_path):
+    sweep, out = local
+    name = NAMES[-1]
+    fresh = tmp_path / "only"
+    assert main(["sweep", str(sweep), "--out", str(fresh), "--only", name, "--quiet"]) == 0
+    assert [p.name for p in (fresh / "runs").iterdir()] == [name]  # only that point ran
+    assert _curves(fresh / "runs" / name) == _curves(out / "runs" / name)
+    final = _curves(fresh / "runs" / name)[-1]["test_acc_last"]
+    assert final == _curves(out / "runs" / name)[-1]["test_acc_last"]
+    # the folder is the whole sweep's: the other points run into it later
+    assert [p["name"] for p in json.loads((fresh / "sweep.json").read_text())["points"]] == NAMES
+
+
+def test_only_with_an_unknown_run_is_one_line_exit_2_and_writes_nothing(local, tmp_path, capsys):
+    sweep, _ = local
+    out = tmp_path / "only"
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--out", str(out), "--only", "causal_al__vocab_size=10__s0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no run of that name; did you mean causal_all__vocab_size=10__s0?" in err[0], err
+    assert not out.exists()
+
+
+def test_sweep_answers_pair_the_regimes_of_one_experiment(local):
+    _, out = local
+    group = analyze_sweep(out)
+    # labelled by regime, as `hyenalens analyze` labels runs; each label is one sweep group
+    assert group["answer_groups"] == {"causal/all": ["causal_all__vocab_size=10"],
+                                      "noncausal/last": ["noncausal_last__vocab_size=10"]}
+    comps = group["answers"]["sooner"]["comparisons"]
+    assert [(c["group"], c["versus"]) for c in comps] == [("causal/all", "noncausal/last")]
+    assert group["answers"]["sooner"]["by_regime"]["causal/all"]["censored"] == 2  # no recall jump in 48 steps
+
+
 def test_report_on_sweep_dir_groups_runs_by_sweep_point_with_cis(local, tmp_path, capsys):
     _, out = local
     assert main(["analyze", str(out)]) == 0
@@ -161,6 +197,8 @@ def test_report_on_sweep_dir_groups_runs_by_sweep_point_with_cis(local, tmp_path
         assert mid["mean"] is None and mid["ci"] is None
     page = (rep / "index.html").read_text()
     assert all(name in page for name in GROUPS)
+    # the answers pair the regimes (a sweep label names no regime, so they group by experiment)
+    assert summary["answers"]["sooner"]["comparisons"] == group["answers"]["sooner"]["comparisons"]
 
 
 def test_ray_backend_on_a_local_cluster_gives_the_same_runs(local, tmp_path):
@@ -203,6 +241,7 @@ CASES = [  # (id, sweep text from the good one, extra args, needle in the one st
     ("unknown sweep key", lambda s: s.replace("seeds: 2", "seed: 2"), [], "did you mean seeds? sweep keys:"),
     ("bad value", lambda s: s.replace("loss: last", "loss: sideways"), [], "sweep run noncausal_last__vocab_size=10__s0: loss="),
     ("leaky regime", lambda s: s.replace("loss: last, ", ""), [], "invalid regime"),
+    ("bad capture limit", lambda s: s + "capture_limit: 1\n", [], "capture_limit must be an integer >= 2"),
     ("missing base", lambda s: s.replace("tiny.yaml", "nope.yaml"), [], "does not exist"),
     ("unknown backend", lambda s: s, ["--backend", "slurm"], "invalid choice: 'slurm'"),
     ("address without ray", lambda s: s, ["--address", "auto"], "add --backend ray"),
@@ -245,18 +284,28 @@ def test_an_existing_folder_that_is_not_this_sweep_is_refused(what, local, tmp_p
     assert _stamps(out) == before
 
 
-def test_shipped_study_sweep_is_5_seeds_of_each_regime_for_ar_and_ih():
+def test_shipped_study_sweep_is_5_seeds_of_each_regime_at_the_demo_recipe():
     points = expand(load_sweep("causal_vs_noncausal"))
     groups: dict[str, list] = {}
     for p in points:
         groups.setdefault(p.group, []).append(p)
-    assert len(points) == 30 and all(sorted(p.seed for p in g) == list(range(5)) for g in groups.values())
-    regimes = set()
+    assert len(points) == 50 and all(sorted(p.seed for p in g) == list(range(5)) for g in groups.values())
+    regimes, steps = set(), {}
     for p in points:
-        preset, _ = read_config_source(p.regime)  # each regime is its preset, unchanged but the seed
-        assert p.config == {**preset, "seed": p.seed}
-        regimes.add((p.config["data"]["task"], p.config["model"]["causal"], p.config["loss"]))
-    assert regimes == {(t, c, l) for t in ("ar", "ih") for c, l in ((True, "all"), (True, "last"), (False, "last"))}
+        preset = read_config_source(p.regime)[0]  # each regime is its preset, at the demo's recipe
+        steps[p.config["data"]["task"]] = p.config["schedule"]["steps"]
+        budget = f"schedule.steps={steps[p.config['data']['task']]}"
+        want = apply_overrides(preset, [*DEMO.recipe, budget, f"seed={p.seed}"])
+        assert validate_config(p.config) == validate_config(want), p.name
+        regimes.add((p.config["data"]["task"], p.config["model"]["kind"], p.config["model"]["causal"], p.config["loss"]))
+    assert steps == {"ar": 1750, "ih": 2500}  # one budget per task; AR's is the demo's
+    assert regimes == {(t, k, c, l) for t in ("ar", "ih") for k, c, l in (
+        ("hyena", True, "all"), ("hyena", True, "last"), ("hyena", False, "last"),
+        ("attention", True, "all"), ("attention", False, "last"))}
+    assert load_sweep("causal_vs_noncausal").capture_limit == DEMO.capture_limit
+    lr = expand(load_sweep("causal_vs_noncausal_lr"))  # the robustness check: two other learning rates
+    assert len(lr) == 8 and {p.config["optimizer"]["lr"] for p in lr} == {5e-4, 2e-3}
+    assert {(p.config["loss"], p.config["data"]["task"]) for p in lr} == {("all", "ar"), ("last", "ar")}
     assert len(expand(load_sweep("quick_causal_vs_noncausal"))) == 18
 
 

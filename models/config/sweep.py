@@ -21,7 +21,7 @@ from models.config.schema import config_keys, validate_config
 from models.errors import UserError
 
 SWEEP_FORMAT = "hyenalens-sweep/1"
-SWEEP_KEYS = ("name", "base", "regimes", "seeds", "grid", "overrides")
+SWEEP_KEYS = ("name", "base", "regimes", "seeds", "grid", "overrides", "capture_limit")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,+-]")
 _DOCS = "see docs/sweeps.md"
@@ -41,6 +41,7 @@ class SweepSpec:
     seeds: tuple[int, ...]
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (dotted config key, values), in file order
     source: str = ""
+    capture_limit: int | None = None  # checkpoints captured and probed per run (None: all)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ def parse_sweep(raw: Any, source: str = "sweep", base_dir: Path | None = None,
     if not isinstance(name, str) or not _NAME.match(name):
         raise UserError(f"sweep name {name!r} may only use letters, digits, '.', '_' and '-'; rename it")
     seeds = _seeds(raw.get("seeds"))
+    limit = raw.get("capture_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+        raise UserError(f"capture_limit must be an integer >= 2 (checkpoints captured per run) or null (all), "
+                        f"got {limit!r}")
     overrides = _flat(raw.get("overrides"), "overrides")
     grid = _grid(raw["grid"]) if "grid" in raw else ()
     base = raw.get("base")
@@ -150,7 +155,7 @@ def parse_sweep(raw: Any, source: str = "sweep", base_dir: Path | None = None,
                 raise UserError(f"grid key {key} is also set in {where}; set it in one place")
         cfg, desc = _read_config(src, base_dir)
         regimes.append(Regime(rname, desc, apply_values(apply_values(cfg, overrides), own)))
-    return SweepSpec(name, tuple(regimes), seeds, grid, source)
+    return SweepSpec(name, tuple(regimes), seeds, grid, source, limit)
 
 
 def _read_config(src: str, base_dir: Path | None) -> tuple[dict, str]:
@@ -293,4 +298,5 @@ def sweep_record(spec: SweepSpec, points: list[Point]) -> dict[str, Any]:
     return {"format": SWEEP_FORMAT, "name": spec.name, "source": spec.source,
             "regimes": [{"name": r.name, "source": r.source} for r in spec.regimes],
             "seeds": list(spec.seeds), "grid": {k: list(v) for k, v in spec.grid},
+            "capture_limit": spec.capture_limit,
             "points": [p.to_dict() for p in points]}
