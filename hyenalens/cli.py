@@ -210,6 +210,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if res["failed"] else 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from reports.study import write_study
+
+    res = write_study(args.sweep_dir, args.out, lr_sweep=args.lr_sweep)
+    print(f"{len(res['runs'])} runs in runs.csv" + (f", {len(res['lr_runs'])} in lr_runs.csv" if args.lr_sweep else "")
+          + f"; {len(res['figures'])} figures; wrote {args.out}")
+    for m in [*res["missing"], *res["lr_missing"]]:
+        print(f"hyenalens study: run {m['run']} is in no row ({m['reason']})", file=sys.stderr)
+    return 0
+
+
 def _threads_and_quiet(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     sp.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -336,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run just this point (its name: a folder of SWEEP_DIR/runs, a row of docs/study/runs.csv)")
     _threads_and_quiet(w)
     w.set_defaults(func=_cmd_sweep)
+    y = sub.add_parser("study", help="write a sweep's committed record: runs.csv, tables.md, figures",
+                       description="From a finished sweep folder (and its learning-rate check) write runs.csv "
+                                   "(one row per run), group_summary.json, tables.md and the figures (docs/study.md).")
+    y.add_argument("sweep_dir", metavar="SWEEP_DIR")
+    y.add_argument("--lr-sweep", default=None, metavar="LR_SWEEP_DIR", help="the learning-rate check's sweep folder")
+    y.add_argument("--out", required=True, metavar="DIR")
+    y.set_defaults(func=_cmd_study)
     for name, sp in sub.choices.items():
         if name != "train":  # train's parser was wrapped where it was made
             _one_line_errors(sp)

@@ -38,11 +38,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("hyenalens.cli", "models.safari.run_import"): _CLI,
     ("hyenalens.cli", "models.training.loop"): _CLI,
     ("hyenalens.cli", "reports"): _CLI,
+    ("hyenalens.cli", "reports.study"): _CLI,
     ("reports.report", "reports.figures_common"): _FIGURES,
     ("reports.report", "reports.figures_compare"): _FIGURES,
     ("reports.report", "reports.figures_curves"): _FIGURES,
     ("reports.report", "reports.figures_maps"): _FIGURES,
     ("reports.report", "reports.figures_sources"): _FIGURES,
+    ("reports.study", "reports.figures_study"): _FIGURES,
 }
 
 

@@ -15,7 +15,9 @@ CLI = {
     "probe": ["--force", "--help", "--quiet", "--threads", "-h", "run_dir"],
     "report": ["--all-runs", "--group", "--help", "--out", "--quiet", "-h", "run_dirs"],
     "smoke": ["--help", "--quiet", "-h"],
-    "sweep": ["--address", "--backend", "--help", "--out", "--quiet", "--threads", "--workers", "-h", "sweep"],
+    "study": ["--help", "--lr-sweep", "--out", "-h", "sweep_dir"],
+    "sweep": ["--address", "--backend", "--help", "--only", "--out", "--quiet", "--threads", "--workers", "-h",
+              "sweep"],
     "train": ["--device", "--help", "--max-steps", "--out", "--quiet", "--threads", "-h", "config", "overrides"],
 }
 

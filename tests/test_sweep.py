@@ -3,6 +3,7 @@ started here, a rerun that does no work, an interrupted run that resumes, per-gr
 CIs from `hyenalens analyze SWEEP_DIR`, and bad input as one line, exit 2, nothing written."""
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -19,6 +20,7 @@ from hyenalens.pipeline import DEMO
 from models.config.schema import validate_config
 from models.config.source import apply_overrides, read_config_source
 from models.rundir.io import read_jsonl
+from reports.study import RUN_COLUMNS
 from models.config.sweep import expand, load_sweep
 from models.training.loop import train
 
@@ -155,8 +157,9 @@ def test_only_reruns_one_point_bit_identically(local, tmp_path):
     assert main(["sweep", str(sweep), "--out", str(fresh), "--only", name, "--quiet"]) == 0
     assert [p.name for p in (fresh / "runs").iterdir()] == [name]  # only that point ran
     assert _curves(fresh / "runs" / name) == _curves(out / "runs" / name)
-    final = _curves(fresh / "runs" / name)[-1]["test_acc_last"]
-    assert final == _curves(out / "runs" / name)[-1]["test_acc_last"]
+    assert main(["study", str(out), "--out", str(tmp_path / "study")]) == 0
+    row = next(r for r in csv.DictReader(open(tmp_path / "study" / "runs.csv")) if r["run"] == name)
+    assert _curves(fresh / "runs" / name)[-1]["test_acc_last"] == float(row["final_test_acc_last"])  # exactly
     # the folder is the whole sweep's: the other points run into it later
     assert [p["name"] for p in json.loads((fresh / "sweep.json").read_text())["points"]] == NAMES
 
@@ -180,6 +183,35 @@ def test_sweep_answers_pair_the_regimes_of_one_experiment(local):
     comps = group["answers"]["sooner"]["comparisons"]
     assert [(c["group"], c["versus"]) for c in comps] == [("causal/all", "noncausal/last")]
     assert group["answers"]["sooner"]["by_regime"]["causal/all"]["censored"] == 2  # no recall jump in 48 steps
+
+
+def test_study_writes_one_row_per_run_with_the_issue_columns(local, tmp_path, capsys):
+    _, out = local
+    assert main(["study", str(out), "--out", str(tmp_path / "study")]) == 0
+    with open(tmp_path / "study" / "runs.csv") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == RUN_COLUMNS == (
+        "run", "task", "regime", "seed", "steps", "final_test_acc_last", "steps_to_99", "jump_midpoint",
+        "recall_circuit_midpoint", "mechanism")
+    assert [r["run"] for r in rows] == [p["name"] for p in json.loads((out / "sweep.json").read_text())["points"]]
+    for r in rows:
+        formation = json.loads((out / "runs" / r["run"] / "analysis" / "formation.json").read_text())
+        group = r["run"].rsplit("__s", 1)[0]
+        assert (r["task"], r["regime"], r["seed"], r["steps"]) == ("ar", GROUPS[group], r["run"][-1], "48")
+        assert float(r["final_test_acc_last"]) == _curves(out / "runs" / r["run"])[-1]["test_acc_last"]
+        assert r["steps_to_99"] == r["jump_midpoint"] == ""  # censored: not reached in 48 steps
+        assert r["mechanism"] == (formation.get("mechanism") or {}).get("verdict", "")
+    assert json.loads((tmp_path / "study" / "group_summary.json").read_text()) == json.loads(
+        (out / "analysis" / "formation_group.json").read_text())
+    tables = (tmp_path / "study" / "tables.md").read_text()
+    assert "| causal/all | 2 |" in tables and "sooner** (causal/all against noncausal/last)" in tables
+    assert (tmp_path / "study" / "fig_study_curves.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["study", str(out / "runs"), "--out", str(tmp_path / "bad")]) == 2  # not a sweep folder
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep.json is missing; pass a folder written by hyenalens sweep" in err[0], err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_report_on_sweep_dir_groups_runs_by_sweep_point_with_cis(local, tmp_path, capsys):
