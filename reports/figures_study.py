@@ -120,11 +120,14 @@ def fig_study_final(runs: list[dict[str, Any]], out_dir: str | Path | None = Non
     tasks, regimes = _tasks(runs), _regimes(runs)
     fig = new_figure(PAGE_W, 3.2)
     axes = fig.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
+    rng = np.random.default_rng(0)  # jitter only (seaborn's stripplot draws it unseeded: the PNG would change per run)
     for ax, task in zip(axes, tasks):
         rs = [r for r in runs if r["task"] == task]
-        sns.stripplot(ax=ax, x=[r["regime"] for r in rs], y=[r["final_test_acc_last"] for r in rs],
-                      hue=[r["regime"] for r in rs], order=[g for g in regimes if any(r["regime"] == g for r in rs)],
-                      palette=PALETTE, legend=False, size=6, jitter=0.15)
+        order = [g for g in regimes if any(r["regime"] == g for r in rs)]
+        for k, regime in enumerate(order):
+            ys = [r["final_test_acc_last"] for r in rs if r["regime"] == regime]
+            ax.scatter(k + rng.uniform(-0.15, 0.15, len(ys)), ys, color=PALETTE.get(regime), s=30, zorder=3)
+        ax.set_xticks(range(len(order)), order)
         base = [r["baseline"] for r in rs if r["baseline"] is not None]
         if base:
             ax.axhline(float(np.mean(base)), color="#555555", ls="--", lw=0.8, label="no-recall baseline")

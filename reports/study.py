@@ -12,7 +12,9 @@ writes, atomically, into the folder:
     fig_*.png               figures (reports.figures_study)
 
 Reads run directories and the sweep's files only; no torch. A run that has not finished is
-in no row and no table; `missing` names it, and tables.md says so at its top.
+in no row and no table; `missing` names it, and tables.md says so at its top. The group file
+must cover exactly the finished runs (else: rerun `hyenalens analyze`). The output is the same,
+byte for byte, on a rerun.
 """
 from __future__ import annotations
 
@@ -197,6 +199,20 @@ def lr_table(lr_runs: list[dict[str, Any]], main_runs: list[dict[str, Any]], lr_
     return lines
 
 
+def _group_file(sweep_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """SWEEP_DIR/analysis/formation_group.json, refused unless it covers exactly the finished
+    runs (a run that finished or was redone after `hyenalens analyze` makes it stale)."""
+    path = sweep_dir / "analysis" / "formation_group.json"
+    group = _read_json(path, f"run hyenalens analyze {sweep_dir}")
+    covered = {r for g in (group.get("groups") or {}).values() for r in g.get("runs", [])}
+    finished = {r["run"] for r in runs}
+    if covered != finished:
+        diff = sorted(covered ^ finished)
+        raise UserError(f"{path} covers other runs than the finished ones ({len(diff)} differ, e.g. {diff[0]}); "
+                        f"rerun hyenalens analyze {sweep_dir}")
+    return group
+
+
 def write_study(sweep_dir: str | Path, out_dir: str | Path, lr_sweep: str | Path | None = None) -> dict[str, Any]:
     """Write runs.csv, group_summary.json, tables.md and the figures (module doc) into out_dir."""
     from reports.figures_study import study_figures  # matplotlib only when figures are drawn
@@ -205,12 +221,12 @@ def write_study(sweep_dir: str | Path, out_dir: str | Path, lr_sweep: str | Path
     runs, missing = sweep_runs(sweep_dir)
     if not runs:
         raise UserError(f"no run of {sweep_dir} has finished; run hyenalens sweep first")
-    group = _read_json(sweep_dir / "analysis" / "formation_group.json", "run hyenalens analyze on the sweep")
+    group = _group_file(sweep_dir, runs)
     answers = group.get("answers") or {}
     lr_runs, lr_missing, lr_answers = [], [], {}
     if lr_sweep is not None:
         lr_runs, lr_missing = sweep_runs(lr_sweep)
-        lr_group = _read_json(Path(lr_sweep) / "analysis" / "formation_group.json", "run hyenalens analyze on it")
+        lr_group = _group_file(Path(lr_sweep), lr_runs)
         lr_answers = lr_group.get("answers") or {}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "runs.csv", runs_csv(runs))

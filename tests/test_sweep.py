@@ -207,11 +207,38 @@ def test_study_writes_one_row_per_run_with_the_issue_columns(local, tmp_path, ca
     tables = (tmp_path / "study" / "tables.md").read_text()
     assert "| causal/all | 2 |" in tables and "sooner** (causal/all against noncausal/last)" in tables
     assert (tmp_path / "study" / "fig_study_curves.png").stat().st_size > 10_000
+    assert main(["study", str(out), "--out", str(tmp_path / "again")]) == 0  # the record is reproducible
+    assert {p.name: p.read_bytes() for p in (tmp_path / "study").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "again").iterdir()}
     capsys.readouterr()
     assert main(["study", str(out / "runs"), "--out", str(tmp_path / "bad")]) == 2  # not a sweep folder
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sweep.json is missing; pass a folder written by hyenalens sweep" in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_study_of_a_partial_sweep_names_the_missing_run(local, tmp_path, capsys):
+    sweep, out = local
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    name = NAMES[0]
+    point = next(p for p in expand(load_sweep(str(sweep))) if p.name == name)
+    shutil.rmtree(copy / "runs" / name)
+    assert not train(point.config, copy / "runs" / name, max_steps=20, quiet=True).finished
+    capsys.readouterr()
+    assert main(["study", str(copy), "--out", str(tmp_path / "study")]) == 2  # the group file predates the cut
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"covers other runs than the finished ones (1 differ, e.g. {name}); rerun hyenalens " \
+        f"analyze {copy}" in err[0], err
+    assert not (tmp_path / "study").exists()
+    assert main(["analyze", str(copy)]) == 0
+    capsys.readouterr()
+    assert main(["study", str(copy), "--out", str(tmp_path / "study")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "study" / "runs.csv")))
+    assert [r["run"] for r in rows] == NAMES[1:]  # the unfinished run is in no row
+    assert f"**Partial:** 1 run(s) not finished, in no row: {name} (stopped at step" in (
+        tmp_path / "study" / "tables.md").read_text()
+    assert f"run {name} is in no row (stopped at step" in capsys.readouterr().err
 
 
 def test_report_on_sweep_dir_groups_runs_by_sweep_point_with_cis(local, tmp_path, capsys):
