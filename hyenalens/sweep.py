@@ -32,7 +32,7 @@ from hyenalens.pipeline import Job, run_job, run_jobs, worker_init
 from models.errors import UserError
 from models.rundir.io import atomic_write_json
 from models.rundir.layout import RunDir, is_stale
-from models.config.sweep import SWEEP_FORMAT, Point, expand, load_sweep, sweep_record
+from models.config.sweep import Point, expand, load_sweep, read_record, sweep_record
 from analysis import analyze_group
 
 BACKENDS = ("local", "ray")
@@ -40,20 +40,6 @@ RAY_HINT = "install it with pip install 'hyenalens[ray]'"
 
 
 # ---- the sweep directory -------------------------------------------------------------------
-def read_record(sweep_dir: str | Path) -> dict[str, Any] | None:
-    """SWEEP_DIR/sweep.json, or None when the folder is not a sweep directory."""
-    f = Path(sweep_dir) / "sweep.json"
-    if not f.is_file():
-        return None
-    try:
-        rec = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {f} ({type(e).__name__}); restore it or use another --out") from None
-    if not isinstance(rec, dict) or rec.get("format") != SWEEP_FORMAT or not isinstance(rec.get("points"), list):
-        raise UserError(f"{f} is not a {SWEEP_FORMAT} record; use another --out")
-    return rec
-
-
 def _check_dir(out: Path, record: dict[str, Any]) -> bool:
     """True when `out` already holds this very sweep; refuses any other sweep or folder."""
     if out.exists() and not out.is_dir():

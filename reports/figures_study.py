@@ -23,13 +23,12 @@ from reports.figures_common import (PAGE_W, FigureSkipped, ReportFigure, finish,
                                     new_figure)
 from reports.summary import REGIME_ORDER
 
-REGIMES = REGIME_ORDER
-PALETTE = dict(zip(REGIMES, sns.color_palette("colorblind", len(REGIMES))))
+PALETTE = dict(zip(REGIME_ORDER, sns.color_palette("colorblind", len(REGIME_ORDER))))
 
 
 def _regimes(runs: list[dict[str, Any]]) -> list[str]:
     have = {r["regime"] for r in runs}
-    return [g for g in REGIMES if g in have] + sorted(have - set(REGIMES))
+    return [g for g in REGIME_ORDER if g in have] + sorted(have - set(REGIME_ORDER))
 
 
 def _tasks(runs: list[dict[str, Any]]) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.groups import run_status
-from models.config.sweep import SWEEP_FORMAT
+from models.config.sweep import read_record
 from models.errors import UserError
 from models.rundir.io import atomic_write_json, atomic_write_text, read_jsonl
 from models.rundir.layout import RunDir
@@ -50,9 +50,9 @@ def sweep_runs(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[dict[s
     numbers from formation.json and metrics.jsonl, its test curve and config; `missing` names
     every run that has not finished (or not been analyzed) and why."""
     sweep_dir = Path(sweep_dir)
-    record = _read_json(sweep_dir / "sweep.json", "pass a folder written by hyenalens sweep")
-    if not isinstance(record, dict) or record.get("format") != SWEEP_FORMAT:
-        raise UserError(f"{sweep_dir / 'sweep.json'} is not a {SWEEP_FORMAT} record; pass a sweep folder")
+    record = read_record(sweep_dir)
+    if record is None:
+        raise UserError(f"{sweep_dir / 'sweep.json'} is missing; pass a folder written by hyenalens sweep")
     runs, missing = [], []
     for p in record["points"]:
         run = RunDir(sweep_dir / "runs" / p["name"])
@@ -120,49 +120,45 @@ def _ci(e: dict[str, Any], spec: str = ",.0f") -> str:
     return text + f" (n={e.get('n', 0)}" + (f", {e['censored']} censored" if e.get("censored") else "") + ")"
 
 
-def _label(task: str, regime: str, labels: list[str]) -> str | None:
-    """The answers' label of (task, regime): `ar causal/all`, or `causal/all` with one task."""
-    for lab in (f"{task} {regime}", regime):
-        if lab in labels:
-            return lab
-    return None
-
-
 def _order(regime: str) -> tuple:
     return (REGIME_ORDER.index(regime) if regime in REGIME_ORDER else len(REGIME_ORDER), regime)
 
 
+def _labels(runs: list[dict[str, Any]], task: str) -> dict[str, str]:
+    """{answer label: regime} of one task's runs, in regime order (`label` is set from the group
+    file's `answer_groups`, so no label format is guessed here)."""
+    pairs = {r["label"]: r["regime"] for r in runs if r["task"] == task and r.get("label")}
+    return dict(sorted(pairs.items(), key=lambda kv: (_order(kv[1]), kv[0])))
+
+
 def task_table(runs: list[dict[str, Any]], answers: dict[str, Any], task: str) -> list[str]:
-    """Markdown rows for one task: per regime n, final accuracy, recall jump, steps to 99%,
-    circuit − jump, mechanism (the answers' CIs where they have one)."""
-    mine = [r for r in runs if r["task"] == task]
-    by_regime: dict[str, list] = {}
-    for r in mine:
-        by_regime.setdefault(r["regime"], []).append(r)
+    """Markdown rows for one task: per answer group (a regime) n, final accuracy, recall jump,
+    steps to 99%, circuit − jump, mechanism (the answers' CIs where they have one)."""
+    labels = _labels(runs, task)
     sooner = (answers.get("sooner") or {}).get("by_regime") or {}
     cvj = (answers.get("circuit_vs_jump") or {}).get("by_regime") or {}
     mech = (answers.get("mechanism") or {}).get("by_regime") or {}
     lines = ["| regime | runs | final test acc, mean (min–max) | recall-jump midpoint, steps [95% CI] | "
              "steps to 99% [95% CI] | circuit − jump, ln steps [95% CI] | mechanism (share of runs) |",
              "|---|---|---|---|---|---|---|"]
-    for regime in sorted(by_regime, key=_order):
-        rs = by_regime[regime]
-        lab = _label(task, regime, list(sooner))
+    shared = {g for g in labels.values() if list(labels.values()).count(g) > 1}
+    for lab, regime in labels.items():
+        rs = [r for r in runs if r.get("label") == lab]
         s = sooner.get(lab) or {}
         acc = [r["final_test_acc_last"] for r in rs]
         m = mech.get(lab) or {}
         share = f"{m['verdict']} ({m['value']:.0%} of {m['n']})" if m.get("verdict") else "not measured"
-        lines.append(f"| {regime} | {len(rs)} | {_mean(acc):.3f} ({min(acc):.3f}–{max(acc):.3f}) | {_ci(s)} | "
-                     f"{_ci(s.get('steps_to_99') or {})} | {_ci(cvj.get(lab) or {}, '+.2f')} | {share} |")
+        lines.append(f"| {lab if regime in shared else regime} | {len(rs)} | {_mean(acc):.3f} "
+                     f"({min(acc):.3f}–{max(acc):.3f}) | {_ci(s)} | {_ci(s.get('steps_to_99') or {})} | "
+                     f"{_ci(cvj.get(lab) or {}, '+.2f')} | {share} |")
     return lines
 
 
-def answer_lines(answers: dict[str, Any], task: str) -> list[str]:
+def answer_lines(answers: dict[str, Any], runs: list[dict[str, Any]], task: str) -> list[str]:
     """The four answers for one task, each with its numbers."""
+    labels = _labels(runs, task)
     out = []
-    comps = [c for c in (answers.get("sooner") or {}).get("comparisons", []) if c["group"].startswith(f"{task} ")
-             or " " not in c["group"]]
-    for c in comps:
+    for c in (c for c in (answers.get("sooner") or {}).get("comparisons", []) if c["group"] in labels):
         ci = c.get("ci")
         ci_text = (f" (difference of mean ln(1 + step) {c['log_steps']:+.2f}, 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}]; "
                    "a run without a recall jump enters at its last step)") if ci else " (no CI: n < 2 on a side)"
@@ -170,11 +166,10 @@ def answer_lines(answers: dict[str, Any], task: str) -> list[str]:
                    f"jump takes ×{c['factor']:.2f} the steps of {c['group']}'s{ci_text}.")
     for key, name in (("train_with_test", "train with test"), ("circuit_vs_jump", "circuit vs jump")):
         by = (answers.get(key) or {}).get("by_regime") or {}
-        for lab in sorted((k for k in by if k.startswith(f"{task} ") or " " not in k),
-                          key=lambda k: _order(k.split(" ")[-1])):
+        for lab in (lab for lab in labels if lab in by):
             out.append(f"- **{name}** ({lab}): {by[lab].get('verdict')} — {_ci(by[lab], '+.2f')} ln steps")
     by = (answers.get("mechanism") or {}).get("by_regime") or {}
-    for lab in sorted((k for k in by if k.startswith(f"{task} ") or " " not in k), key=lambda k: _order(k.split(" ")[-1])):
+    for lab in (lab for lab in labels if lab in by):
         e = by[lab]
         counts = ", ".join(f"{v} {k}" for k, v in (e.get("counts") or {}).items()) or "none"
         out.append(f"- **mechanism** ({lab}): {e.get('verdict') or 'not measured'} — verdicts: {counts}")
@@ -223,6 +218,9 @@ def write_study(sweep_dir: str | Path, out_dir: str | Path, lr_sweep: str | Path
         raise UserError(f"no run of {sweep_dir} has finished; run hyenalens sweep first")
     group = _group_file(sweep_dir, runs)
     answers = group.get("answers") or {}
+    label_of = {g: lab for lab, gs in (group.get("answer_groups") or {}).items() for g in gs}
+    for r in runs:
+        r["label"] = label_of.get(r["group"])
     lr_runs, lr_missing, lr_answers = [], [], {}
     if lr_sweep is not None:
         lr_runs, lr_missing = sweep_runs(lr_sweep)
@@ -236,7 +234,7 @@ def write_study(sweep_dir: str | Path, out_dir: str | Path, lr_sweep: str | Path
         md += [f"**Partial:** {len(missing) + len(lr_missing)} run(s) not finished, in no row: "
                + ", ".join(f"{m['run']} ({m['reason']})" for m in [*missing, *lr_missing]), ""]
     for task in sorted({r["task"] for r in runs}):
-        md += [f"## {task.upper()}", "", *task_table(runs, answers, task), "", *answer_lines(answers, task), ""]
+        md += [f"## {task.upper()}", "", *task_table(runs, answers, task), "", *answer_lines(answers, runs, task), ""]
     if lr_sweep is not None:
         atomic_write_text(out / "lr_runs.csv", runs_csv(lr_runs, ("lr",)))
         atomic_write_json(out / "lr_group_summary.json", lr_group)

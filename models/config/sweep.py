@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -300,3 +301,18 @@ def sweep_record(spec: SweepSpec, points: list[Point]) -> dict[str, Any]:
             "seeds": list(spec.seeds), "grid": {k: list(v) for k, v in spec.grid},
             "capture_limit": spec.capture_limit,
             "points": [p.to_dict() for p in points]}
+
+
+def read_record(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """SWEEP_DIR/sweep.json, or None when the folder is not a sweep directory (no sweep.json);
+    an unreadable or foreign file is a one-line UserError."""
+    f = Path(sweep_dir) / "sweep.json"
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {f} ({type(e).__name__}); restore it or use another --out") from None
+    if not isinstance(rec, dict) or rec.get("format") != SWEEP_FORMAT or not isinstance(rec.get("points"), list):
+        raise UserError(f"{f} is not a {SWEEP_FORMAT} record; use another --out")
+    return rec
