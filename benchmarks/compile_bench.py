@@ -47,9 +47,9 @@ def _child(repo: str, cache: str, L: int, b: int, rounds: int) -> dict:
 
 
 def run(plan, bar, provenance: str) -> list[Section]:
-    from benchmarks.study_bench import REPO
+    from benchmarks.study_bench import REPO, STUDY_BATCH, STUDY_LEN, STUDY_STEPS
 
-    L, b = (16, 2) if plan.quick else (66, 16)
+    L, b = (16, 2) if plan.quick else (STUDY_LEN, STUDY_BATCH)
     rounds = 3 if plan.quick else 25
     with tempfile.TemporaryDirectory() as cache:
         cold = _child(str(REPO), cache, L, b, rounds)
@@ -66,6 +66,6 @@ def run(plan, bar, provenance: str) -> list[Section]:
                           "forward + backward, eager vs `torch.compile(dynamic=False)` (benchmarks/compile_bench.py). "
                           "Seconds are wall seconds of the child; ms are CPU ms per call. *Break-even*: steps "
                           "before the import and the first call are paid back by the two MLPs of a step. "
-                          "Verdict: dropped (a study run is 2,500 steps)."],
+                          f"Verdict: dropped (a study run is {STUDY_STEPS:,} steps)."],
                     tables=[(["inductor cache", "import torch._dynamo s", "first call s", "eager ms",
                               "compiled ms", "compiled / eager", "break-even steps"], rows)])]

@@ -14,9 +14,19 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.report import Section
-from benchmarks.study_child import RECIPE
+from hyenalens.pipeline import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe_value(key: str) -> str:
+    """The value the study's recipe (`DEMO.recipe`, its one owner) gives config key `key`."""
+    return dict(o.split("=", 1) for o in DEMO.recipe)[key]
+
+
+STUDY_BATCH = int(recipe_value("schedule.batch_size"))  # the study's training step: batch …
+STUDY_LEN = 66  # … of ar_causal_all's sequences (input length 64, plus the key and query tokens)
+STUDY_STEPS = int(recipe_value("schedule.steps"))
 CHILD = Path(__file__).resolve().with_name("study_child.py")
 TARGET = 1 / 1.5  # training alone: CPU per run ≤ 2/3 of the baseline's, i.e. ≥ 1.5x the runs per CPU-hour
 QUICK_RECIPE = ("schedule.steps=6", "schedule.batch_size=4", "data.num_examples=64", "data.num_test_examples=16",
@@ -24,11 +34,13 @@ QUICK_RECIPE = ("schedule.steps=6", "schedule.batch_size=4", "data.num_examples=
                 "checkpoints.log_count=2")
 
 
-def child_run(tree: Path, out: Path, seed: int, stages: str, extra: tuple[str, ...] = ()) -> dict:
-    """One study run of the source tree `tree` in a fresh process; its JSON line as a dict."""
+def child_run(tree: Path, out: Path, seed: int, stages: str, extra: tuple[str, ...] = (),
+              limit: int | None = DEMO.capture_limit) -> dict:
+    """One study run of the source tree `tree` in a fresh process (the recipe's overrides `extra`,
+    at most `limit` checkpoints captured); its JSON line as a dict."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as cwd:  # no ./models or ./src of the caller's folder on sys.path
-        proc = subprocess.run([sys.executable, str(CHILD), str(out), str(seed), stages, *extra], cwd=cwd, env=env,
+        proc = subprocess.run([sys.executable, str(CHILD), str(out), str(seed), stages, str(limit).lower(), *extra], cwd=cwd, env=env,
                               capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"study run of {tree} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -42,7 +54,7 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
     trees = {"this tree": REPO}
     if baseline_src:
         trees["baseline"] = Path(baseline_src).expanduser().resolve()
-    extra = QUICK_RECIPE if plan.quick else ()
+    extra = (*DEMO.recipe, *QUICK_RECIPE) if plan.quick else DEMO.recipe
     repeats = plan.study_repeats
     train: dict[str, list[dict]] = {k: [] for k in trees}
     full: dict[str, dict] = {}
@@ -84,14 +96,15 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
         text.append("No baseline: `--baseline-src PATH` (a checkout of the tree to compare with) adds its "
                     "runs, interleaved, and the ratio.")
     recipe = "the quick machinery check's tiny recipe" if plan.quick else \
-        "`ar_causal_all` with " + " ".join(f"`{o}`" for o in RECIPE)
+        "`ar_causal_all` with the demo's and the study sweep's overrides, " + " ".join(f"`{o}`" for o in DEMO.recipe)
     return [Section(
         "study", "Study throughput: runs per CPU-hour", provenance,
         text=[f"One run of the study recipe ({recipe}, seed = round) per tree and round, each in a fresh "
               "process with one torch thread (benchmarks/study_child.py), trees interleaved. CPU s = "
               "`time.process_time` of the child: training alone is `models.training.loop.train` (data, "
-              "steps, evaluations, checkpoints); the first round also runs capture (24 checkpoints where "
-              "the tree's `capture_run` takes a limit), probe and analyze. *Checkpoints* is the share of "
+              "steps, evaluations, checkpoints); the first round also runs capture (at most "
+              f"{DEMO.capture_limit} checkpoints, as the study, where the tree's `capture_run` takes a limit), "
+              "probe and analyze. *Checkpoints* is the share of "
               "the training CPU spent in `Trainer._checkpoint` (evaluation and saving), *eval* the share in "
               "`evaluate` alone."] + text,
         tables=[(["tree", "runs", "train CPU s (median)", "train CPU s per run", "runs / CPU-hour, training",

@@ -3,9 +3,12 @@ section (benchmarks/study_bench.py). Run it as a file, not as a module, with PYT
 the source tree being measured, so that the same script times this tree or another checkout
 (the HEAD a change started from):
 
-    PYTHONPATH=TREE python benchmarks/study_child.py OUT_DIR SEED STAGES [KEY=VALUE ...]
+    PYTHONPATH=TREE python benchmarks/study_child.py OUT_DIR SEED STAGES LIMIT [KEY=VALUE ...]
 
-STAGES is `train` or `all` (train, capture, probe, analyze). Prints one JSON line: CPU seconds
+STAGES is `train` or `all` (train, capture, probe, analyze); LIMIT is the most checkpoints
+captured and probed (`none`: all), KEY=VALUE the recipe's overrides. The parent
+(benchmarks/study_bench.py) passes the study's recipe from its owner, `hyenalens.pipeline.DEMO`,
+so both trees of a comparison run this tree's recipe. Prints one JSON line: CPU seconds
 (`time.process_time`, this process, one torch thread) and wall seconds per stage, the steps
 trained, the checkpoints written, the CPU seconds of training spent at checkpoints (evaluation
 and saving) and in evaluation alone, and where `models` was imported from. Only functions that
@@ -18,16 +21,12 @@ import json
 import sys
 import time
 
-# The study recipe (the main-job issue; hyenalens/pipeline.py DEMO): the ar_causal_all preset
-# plus these overrides.
-PRESET = "ar_causal_all"
-RECIPE = ("optimizer.lr=1e-3", "schedule.steps=2500", "schedule.batch_size=16", "eval.train_subset=256",
-          "checkpoints.log_count=8", "checkpoints.every=250", "checkpoints.dense_every=50")
-CAPTURE_LIMIT = 24
+PRESET = "ar_causal_all"  # the study's first regime, with the recipe's overrides
 
 
 def main(argv: list[str]) -> None:
-    out, seed, stages, extra = argv[0], int(argv[1]), argv[2], argv[3:]
+    out, seed, stages, extra = argv[0], int(argv[1]), argv[2], argv[4:]
+    limit = None if argv[3] == "none" else int(argv[3])
     import torch
 
     torch.set_num_threads(1)
@@ -58,13 +57,13 @@ def main(argv: list[str]) -> None:
         times[name] = [time.process_time() - c0, time.perf_counter() - w0]
         return res
 
-    result = timed("train", loop.train, PRESET, out, [f"seed={seed}", *RECIPE, *extra], quiet=True)
+    result = timed("train", loop.train, PRESET, out, [f"seed={seed}", *extra], quiet=True)
     if stages == "all":
         from analysis import analyze_run
         from interp.capture import capture_run
         from interp.run_metrics import probe_run
 
-        kw = {"limit": CAPTURE_LIMIT} if "limit" in inspect.signature(capture_run).parameters else {}
+        kw = {"limit": limit} if "limit" in inspect.signature(capture_run).parameters else {}
         timed("capture", capture_run, out, progress=False, **kw)
         timed("probe", probe_run, out, progress=False)
         timed("analyze", analyze_run, out)

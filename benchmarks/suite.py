@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import machine, report
 from benchmarks.report import Section
+from benchmarks.study_bench import STUDY_BATCH, STUDY_LEN
 
 SECTIONS = ("train", "levers", "hooks", "implicit", "capture", "demo", "study", "compile")
 # run by default; `study` (minutes of training runs) and `compile` (a cold inductor compile) only
@@ -29,8 +30,9 @@ class Plan:
     lever_fft_lengths: list[int] = field(default_factory=lambda: [66, 67, 97, 1021])
     lever_rounds: int = 11
     lever_implicit_len: int = 512
-    step_lever_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(64, 32), (66, 16), (1024, 4)])
-    seeds_lever: tuple[int, int] = (66, 16)
+    step_lever_sizes: list[tuple[int, int]] = field(default_factory=lambda: [(64, 32), (STUDY_LEN, STUDY_BATCH),
+                                                                             (1024, 4)])
+    seeds_lever: tuple[int, int] = (STUDY_LEN, STUDY_BATCH)  # the study's step
     seeds_E: int = 4
     study_repeats: int = 3
 
