@@ -14,19 +14,15 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.report import Section
+from benchmarks.study_child import PRESET
 from hyenalens.pipeline import DEMO
+from models.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def recipe_value(key: str) -> str:
-    """The value the study's recipe (`DEMO.recipe`, its one owner) gives config key `key`."""
-    return dict(o.split("=", 1) for o in DEMO.recipe)[key]
-
-
-STUDY_BATCH = int(recipe_value("schedule.batch_size"))  # the study's training step: batch …
+_STUDY = load_config(PRESET, list(DEMO.recipe))  # the study's run config (the recipe's one owner: DEMO)
+STUDY_BATCH = _STUDY.schedule.batch_size  # the study's training step: batch …
 STUDY_LEN = 66  # … of ar_causal_all's sequences (input length 64, plus the key and query tokens)
-STUDY_STEPS = int(recipe_value("schedule.steps"))
+STUDY_STEPS = _STUDY.schedule.steps
 CHILD = Path(__file__).resolve().with_name("study_child.py")
 TARGET = 1 / 1.5  # training alone: CPU per run ≤ 2/3 of the baseline's, i.e. ≥ 1.5x the runs per CPU-hour
 QUICK_RECIPE = ("schedule.steps=6", "schedule.batch_size=4", "data.num_examples=64", "data.num_test_examples=16",
