@@ -56,6 +56,35 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _cpp_rows(model, x, y, L: int, b: int, rounds: int, clock: str, add) -> None:
+    """`model.kernels=cpp` (models/kernels) against the torch ops, on copies of `model`: the MLP,
+    one operator, and the whole train step."""
+    cpp = copy.deepcopy(model)
+    for block in cpp.blocks:
+        block.mlp.kernels = block.mixer.kernels = "cpp"
+    g = torch.Generator().manual_seed(3)
+    d = model.cfg.d_model
+    h = torch.randn(b, L, d, generator=g, requires_grad=True)
+    gy = torch.randn(b, L, d, generator=g)
+
+    def fb(m):
+        return lambda: m(h).backward(gy)
+
+    opt = "kept, opt-in (`model.kernels=cpp`: other bits)"
+    t = compare({"torch": fb(model.blocks[0].mlp), "cpp": fb(cpp.blocks[0].mlp)}, rounds, warmup=1, clock=clock)
+    add("MLP, model.kernels=cpp: fc1 bias-free, then bias + GELU-tanh in one compiled pass each way (bias "
+        "gradient in the same pass) vs nn.Linear → GELU → nn.Linear", f"MLP fwd+bwd, {b * L} tokens", t, "torch",
+        "cpp", opt)
+    t = compare({"torch": fb(model.blocks[0].mixer), "cpp": fb(cpp.blocks[0].mixer)}, rounds, warmup=1, clock=clock)
+    add("operator, model.kernels=cpp: the core's short conv one pass each way, gate products, skip term and "
+        "zero padding folded into the FFTs' passes (models/kernels/gated.py) vs the one Function on torch ops",
+        f"operator fwd+bwd, L={L}, b={b}", t, "torch", "cpp", opt)
+    t = compare({"torch": _step(model, AdamW(param_groups(model, 0.1), lr=1e-3), x, y),
+                 "cpp": _step(cpp, AdamW(param_groups(cpp, 0.1), lr=1e-3), x, y)}, rounds, warmup=1, clock=clock)
+    add("train step, model.kernels=cpp (both of the above) vs torch", f"train step, L={L}, b={b}", t, "torch", "cpp",
+        opt)
+
+
 def rows(plan, dev: str, rounds: int, tick: Callable[[], None]) -> list[list[str]]:
     """One row per lever and size: [lever, setting, old ms, new ms, new / old, verdict]."""
     d, out = plan.d_model, []
@@ -106,6 +135,8 @@ def rows(plan, dev: str, rounds: int, tick: Callable[[], None]) -> list[list[str
                 "dropped: no gain, and GELU bits differ")
             add("MLP: the same, fc1's output kept from the forward (a second fc1 matmul there)",
                 f"MLP fwd+bwd, {b * L} tokens", t, "eager", "store", "dropped: GELU bits differ for this gain")
+        if dev == "cpu":
+            _cpp_rows(new, x, y, L, b, rounds, clock, add)
     # batched seeds: the bound of E seeds in one model, taken as one batch of E·b sequences
     L, b = plan.seeds_lever
     E = plan.seeds_E

@@ -46,11 +46,15 @@ def child_run(tree: Path, out: Path, seed: int, stages: str, extra: tuple[str, .
     return res
 
 
+CPP = "this tree, model.kernels=cpp"  # the opt-in compiled kernels (models/kernels), same recipe otherwise
+
+
 def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Section]:
-    trees = {"this tree": REPO}
+    trees = {"this tree": REPO, CPP: REPO}
     if baseline_src:
         trees["baseline"] = Path(baseline_src).expanduser().resolve()
     extra = (*DEMO.recipe, *QUICK_RECIPE) if plan.quick else DEMO.recipe
+    own = {CPP: ("model.kernels=cpp",)}
     repeats = plan.study_repeats
     train: dict[str, list[dict]] = {k: [] for k in trees}
     full: dict[str, dict] = {}
@@ -60,7 +64,8 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
             for name in names:
                 bar.set_postfix_str(f"study {name} {r + 1}/{repeats}")
                 stages = "all" if r == 0 else "train"
-                res = child_run(trees[name], Path(tmp) / f"{name.replace(' ', '_')}_{r}", r, stages, extra)
+                res = child_run(trees[name], Path(tmp) / f"run{list(trees).index(name)}_{r}", r, stages,
+                                (*extra, *own.get(name, ())))
                 train[name].append(res)
                 if stages == "all":
                     full[name] = res
@@ -79,15 +84,17 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
                      f"{statistics.median(x['checkpoints'] for x in train[name]):.0f}"])
     checks, text = [], []
     if "baseline" in trees:
-        pairs = [a["cpu"]["train"] / b["cpu"]["train"] for a, b in zip(train["this tree"], train["baseline"])]
-        ratio = statistics.median(pairs)
-        all_ratio = sum(full["this tree"]["cpu"].values()) / sum(full["baseline"]["cpu"].values())
-        text.append(f"This tree / baseline, CPU per run: training alone **{ratio:.3f}** (per pair: "
-                    f"{', '.join(f'{p:.3f}' for p in pairs)}), i.e. **{1 / ratio:.2f}x** the runs per CPU-hour "
-                    f"(target ≥ 1.5x); train + capture + probe + analyze {all_ratio:.3f} ({1 / all_ratio:.2f}x).")
-        if not plan.quick:
-            checks.append(("study run, training alone: CPU per run, this tree / starting HEAD (≤ 0.667 is ≥ 1.5x "
-                           "runs per CPU-hour)", ratio, round(TARGET, 3)))
+        for name, label in (("this tree", "this tree"), (CPP, "this tree with model.kernels=cpp")):
+            pairs = [a["cpu"]["train"] / b["cpu"]["train"] for a, b in zip(train[name], train["baseline"])]
+            ratio = statistics.median(pairs)
+            all_ratio = sum(full[name]["cpu"].values()) / sum(full["baseline"]["cpu"].values())
+            text.append(f"{label[0].upper() + label[1:]} / baseline, CPU per run: training alone **{ratio:.3f}** "
+                        f"(per pair: {', '.join(f'{p:.3f}' for p in pairs)}), i.e. **{1 / ratio:.2f}x** the runs per "
+                        f"CPU-hour (target ≥ 1.5x); train + capture + probe + analyze {all_ratio:.3f} "
+                        f"({1 / all_ratio:.2f}x).")
+            if not plan.quick:
+                checks.append((f"study run, training alone: CPU per run, {label} / starting HEAD (≤ 0.667 is ≥ 1.5x "
+                               "runs per CPU-hour)", ratio, round(TARGET, 3)))
     else:
         text.append("No baseline: `--baseline-src PATH` (a checkout of the tree to compare with) adds its "
                     "runs, interleaved, and the ratio.")
@@ -100,7 +107,8 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
               "`time.process_time` of the child: training alone is `models.training.loop.train` (data, "
               "steps, evaluations, checkpoints); the first round also runs capture (at most "
               f"{DEMO.capture_limit} checkpoints, as the study, where the tree's `capture_run` takes a limit), "
-              "probe and analyze. *Checkpoints* is the share of "
+              "probe and analyze. The row with `model.kernels=cpp` is this tree with the opt-in compiled kernels "
+              "(models/kernels: other training bits, so not the committed study's runs). *Checkpoints* is the share of "
               "the training CPU spent in `Trainer._checkpoint` (evaluation and saving), *eval* the share in "
               "`evaluate` alone."] + text,
         tables=[(["tree", "runs", "train CPU s (median)", "train CPU s per run", "runs / CPU-hour, training",

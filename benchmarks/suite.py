@@ -42,8 +42,8 @@ class Plan:
         n += sum(r for _, _, r in self.train) if "train" in sections else 0
         n += sum(r for _, _, r in self.hooks) if "hooks" in sections else 0
         n += 6 * len(self.lever_sizes) + len(self.lever_fft_lengths) + 2 if "levers" in sections else 0
-        n += 5 * len(self.step_lever_sizes) + 1 if "levers" in sections else 0
-        n += 2 * self.study_repeats if "study" in sections else 0
+        n += 8 * len(self.step_lever_sizes) + 1 if "levers" in sections else 0
+        n += 3 * self.study_repeats if "study" in sections else 0  # this tree, with cpp kernels, a baseline
         n += 2 if "compile" in sections else 0
         n += 2 * len(self.implicit) if "implicit" in sections else 0
         n += 3 * self.capture.get("rounds", 0) if "capture" in sections else 0

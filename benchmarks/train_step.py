@@ -54,6 +54,13 @@ def _models(plan, L: int, safari_src: str | None):
     return ours, safari
 
 
+def _cpp_twin(ours, L: int):
+    """Our model with `model.kernels=cpp` (models/kernels) and our weights: the opt-in CPU path."""
+    twin = build_model({**ours.cfg.to_dict(), "kernels": "cpp"}, seed=0)
+    twin.load_state_dict(ours.state_dict())
+    return twin.train()
+
+
 def _verdict(r: float, target: float | None) -> str:
     return "" if target is None else (f"≤ {target}: met" if r <= target else f"≤ {target}: **not met**")
 
@@ -61,7 +68,7 @@ def _verdict(r: float, target: float | None) -> str:
 def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Section]:
     dev, d = plan.device, plan.d_model
     clock = "cpu" if dev == "cpu" else "wall"
-    rows, op_rows, checks, agree = [], [], [], []
+    rows, op_rows, cpp_rows, checks, agree = [], [], [], [], []
     for L, b, rounds in plan.train:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 10, (b, L), generator=g).to(dev)
@@ -73,6 +80,12 @@ def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Secti
             want = ours.eval()(probe)
             agree.append((L, _rel(ref.eval()(probe), want), None if safari is None else _rel(safari.eval()(probe), want)))
         ours.train(), ref.train()
+        cpp = _cpp_twin(ours, L) if dev == "cpu" else None
+        if cpp is not None:  # a training forward (gradients on, one dropout mask): the kernels' numerics
+            torch.manual_seed(0)
+            want = ours(x).detach()
+            torch.manual_seed(0)
+            agree[-1] += (_rel(cpp(x).detach(), want),)
         free = copy.deepcopy(ours)
         for block in free.blocks:  # what the step costs without any mixer
             block.mixer = torch.nn.Identity()
@@ -80,6 +93,8 @@ def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Secti
                     "ref": _step(ref, reference_optimizer(ref, lr=1e-3), x, y),
                     "free": _step(free, AdamW(param_groups(free, 0.1), lr=1e-3), x, y),
                     "floor": gemm_floor(ours, b, L, dev)}
+        if cpp is not None:
+            variants["cpp"] = _step(cpp, AdamW(param_groups(cpp, 0.1), lr=1e-3), x, y)
         if safari is not None:
             safari = safari.to(dev).train()
             variants["safari"] = _step(safari, reference_optimizer(safari, lr=1e-3), x, y)
@@ -111,15 +126,31 @@ def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Secti
             _ms(t.median("floor")), f"{gemm_flops(ours, b, L) / t.median('floor') / 1e9:.0f}", f"**{rf:.2f}**",
             _verdict(rf, floor_target), _ms(t.median("free")), f"{t.ratio('free', 'ref'):.2f}",
             f"{t.ratio('ours', 'attention'):.2f}" if with_att else "skipped", t.spread("ours")])
+        if cpp is not None:
+            cpp_rows.append(_cpp_row(t, L, b, ref_target, saf_target, floor_target, rs is not None, checks))
         op_rows.append(_operator_row(ours, L, b, rounds, g, dev, clock, bar))
-        del ours, ref, free, variants, safari
-    return [_train_section(rows, checks, agree, provenance, d, clock),
+        del ours, ref, free, variants, safari, cpp
+    return [_train_section(rows, cpp_rows, checks, agree, provenance, d, clock),
             Section("operator", "The Hyena operator alone", provenance,
                     text=["One `HyenaOperator` (the first layer's mixer) against `ReferenceHyenaOperator` on "
                           "copies of the same weights: forward + backward in train mode, and an eval forward "
                           "without gradients (where our operator reuses its cached filters). Same clock as above."],
                     tables=[(["L", "batch", "fwd+bwd ours ms", "fwd+bwd ref ms", "ratio", "eval fwd ours ms",
                               "eval fwd ref ms", "ratio"], op_rows)])]
+
+
+def _cpp_row(t, L, b, ref_target, saf_target, floor_target, with_safari: bool, checks: list) -> list:
+    """The `model.kernels=cpp` row of one size; its targets join `checks` (the same bounds as ours)."""
+    what = f"train step L={L} b={b}: ours with model.kernels=cpp / "
+    r, rf = t.ratio("cpp", "ref"), t.ratio("cpp", "floor")
+    rs = t.ratio("cpp", "safari") if with_safari else None
+    for name, ratio, target in (("reference (safari's whole step)", r, ref_target), ("safari's own code", rs, saf_target),
+                                ("GEMM floor", rf, floor_target)):
+        if target is not None and ratio is not None:
+            checks.append((what + name, ratio, target))
+    return [L, b, _ms(t.median("cpp")), f"**{t.ratio('cpp', 'ours'):.2f}**", f"**{r:.2f}**", _verdict(r, ref_target),
+            f"**{rs:.2f}**" if rs is not None else "not measured", _verdict(rs, saf_target) if rs is not None else "",
+            f"**{rf:.2f}**", _verdict(rf, floor_target), t.spread("cpp")]
 
 
 def _operator_row(ours, L, b, rounds, g, dev, clock, bar) -> list:
@@ -145,11 +176,24 @@ def _operator_row(ours, L, b, rounds, g, dev, clock, bar) -> list:
             _ms(te.median("ours")), _ms(te.median("ref")), f"{te.ratio('ours', 'ref'):.2f}"]
 
 
-def _train_section(rows, checks, agree, provenance, d, clock) -> Section:
+def _train_section(rows, cpp_rows, checks, agree, provenance, d, clock) -> Section:
     worst_ref = max(a[1] for a in agree)
     saf = [a[2] for a in agree if a[2] is not None]
+    cpp = [a[3] for a in agree if len(a) > 3]
     check = (f"Before timing, each size checks that the reference's logits equal ours (largest relative "
              f"difference {worst_ref:.1e})" + (f" and safari's too ({max(saf):.1e})" if saf else "") + ".")
+    tables = [(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "safari ms", "ours / safari",
+                "target", "GEMM floor ms", "floor GFLOP/s", "ours / floor", "target", "no operator ms",
+                "no operator / ref", "ours / attention", "spread"], rows)]
+    text = []
+    if cpp_rows:
+        text = [f"**With `model.kernels=cpp`** (opt-in, models/kernels: the MLP's bias + GELU-tanh, the operator's "
+                "short conv and gate products as compiled CPU kernels; evaluation and hooks keep torch's ops). "
+                "*cpp* (the second table): our model with that setting and our weights, timed in the same "
+                f"interleaved rounds as the first table; its training-mode logits differed from ours by at most {max(cpp):.1e} "
+                "(relative, one dropout mask). The targets are the same bounds as ours."]
+        tables.append((["L", "batch", "cpp ms", "cpp / ours", "cpp / ref", "target", "cpp / safari", "target",
+                        "cpp / floor", "target", "spread"], cpp_rows))
     timer = ("CPU seconds of the measuring thread (`time.thread_time`: with one torch thread that is all "
              "the work of a step, and unlike wall time it does not count waiting for a core on a shared "
              "machine)" if clock == "cpu" else "wall seconds, synchronized")
@@ -167,7 +211,5 @@ def _train_section(rows, checks, agree, provenance, d, clock) -> Section:
               "tensors (benchmarks/floor.py); GFLOP/s is the floor's rate. *No operator*: our step with each "
               "mixer replaced by the identity. Attention: the TransformerLens baseline with our AdamW. "
               f"Times: median over interleaved rounds of {timer}; ratio = median over rounds of ours / "
-              "other within the round; spread = interquartile range / median of ours. " + check],
-        tables=[(["L", "batch", "ours ms", "reference ms", "ours / ref", "target", "safari ms", "ours / safari",
-                  "target", "GEMM floor ms", "floor GFLOP/s", "ours / floor", "target", "no operator ms",
-                  "no operator / ref", "ours / attention", "spread"], rows)], checks=checks)
+              "other within the round; spread = interquartile range / median of ours. " + check, *text],
+        tables=tables, checks=checks)

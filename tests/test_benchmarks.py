@@ -160,8 +160,9 @@ def test_study_section_measures_runs_per_cpu_hour(tmp_path, capsys):
     text = out.read_text()
     _check_markdown(text)
     block = re.search(r"<!-- bench:cpu:study:begin -->.*?<!-- bench:cpu:study:end -->", text, re.S).group(0)
-    row = re.search(r"^\| this tree \| 1 \| ([\d.]+) \|.*$", block, re.M)
-    assert row and float(row.group(1)) > 0
+    for tree in ("this tree", "this tree, model.kernels=cpp"):
+        row = re.search(rf"^\| {tree} \| 1 \| ([\d.]+) \|.*$", block, re.M)
+        assert row and float(row.group(1)) > 0, tree
     assert "--baseline-src" in block  # no baseline given: the text says how to add one
     assert main(["--quick", "--out", str(out), "--safari-src", str(tmp_path / "none")]) == 2
     assert "no such folder" in capsys.readouterr().err

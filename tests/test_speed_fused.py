@@ -19,9 +19,9 @@ def _count_fused(monkeypatch) -> list[int]:
     calls = [0]
     real = operator_mod.gated_conv
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         calls[0] += 1
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(operator_mod, "gated_conv", counting)
     return calls

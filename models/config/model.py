@@ -73,7 +73,13 @@ SYNTHETICS_DEFAULTS = MappingProxyType({
     "dropout": 0.0,
     "filter_dropout": 0.0,
     "activation": "id",
+    # HyenaLens's switch: the training step's elementwise kernels (models/kernels), one of KERNELS
+    "kernels": "torch",
 })
+
+# "torch": eager PyTorch ops (the default; safari's numerics); "cpp": compiled CPU kernels for the
+# training step (opt-in, other bits; models/kernels/__init__.py)
+KERNELS = ("torch", "cpp")
 
 _S = SYNTHETICS_DEFAULTS
 
@@ -108,6 +114,11 @@ class HyenaConfig:
     `modulate`, `fast_decay_pct`, `slow_decay_pct`, `target`, `shift`, `normalized`,
     `filter_bias` (the operator's `bias`), `lr_pos_emb`, `modulation_lr`, `dropout`,
     `filter_dropout`, `activation`.
+
+    Speed: `kernels` ("torch" or "cpp", `KERNELS`): "cpp" runs the training step's MLP
+    bias + GELU and the operator's short conv as compiled CPU kernels (models/kernels). It
+    changes the bits of training, not what evaluation or hooks compute; `to_dict` writes it only
+    when it is not the default, so configs and hashes from before the key existed stay valid.
     """
 
     kind: ClassVar[str] = "hyena"
@@ -141,10 +152,13 @@ class HyenaConfig:
     layer_norm_epsilon: float = _S["layer_norm_epsilon"]
     max_position_embeddings: int = _S["max_position_embeddings"]
     initializer_range: float = _S["initializer_range"]
+    kernels: str = _S["kernels"]
 
     def __post_init__(self):
         if self.d_inner is None:
             self.d_inner = 4 * self.d_model
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels={self.kernels!r} is not one of {', '.join(KERNELS)}")
 
     def operator_kwargs(self) -> dict[str, Any]:
         """`HyenaOperator(**kwargs)` for one block."""
@@ -153,8 +167,12 @@ class HyenaConfig:
         return kw
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat `model` mapping `build_model` takes (`kind` first, as config.yaml has it)."""
-        return _flat_dict(self)
+        """The flat `model` mapping `build_model` takes (`kind` first, as config.yaml has it);
+        `kernels` only when it is not the default (see the class docstring)."""
+        d = _flat_dict(self)
+        if d["kernels"] == _S["kernels"]:
+            del d["kernels"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HyenaConfig":

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from models.config.model import DERIVED_MODEL_KEYS, MODEL_CONFIGS, AttentionConfig, HyenaConfig
+from models.config.model import DERIVED_MODEL_KEYS, KERNELS, MODEL_CONFIGS, AttentionConfig, HyenaConfig
 from models.errors import UserError
 
 TASKS = ("ar", "ih", "mqar")
@@ -230,6 +230,8 @@ def validate_model(raw: Any) -> HyenaConfig | AttentionConfig:
             _need(0.0 <= out[k] < 1.0, f"model.{k}", out[k], "in [0, 1)")
     if out.get("emb_dim") is not None:
         _need(out["emb_dim"] % 2 == 1, "model.emb_dim", out["emb_dim"], "odd (time plus cos/sin bands)")
+    if "kernels" in out:
+        _need(out["kernels"] in KERNELS, "model.kernels", out["kernels"], f"one of {', '.join(KERNELS)}")
     if kind == "attention" and out.get("d_model") and out.get("n_heads"):
         _need(out["d_model"] % out["n_heads"] == 0, "model.n_heads", out["n_heads"], f"a divisor of model.d_model={out['d_model']}")
     if kind == "hyena" and not out["causal"]:

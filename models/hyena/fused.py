@@ -18,11 +18,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from models.hyena.fftconv import _conv_fwd, _short_fwd, fft_conv_backward, short_conv_backward
-
-
-def _block(t: Tensor, j: int, d: int) -> Tensor:
-    """Channel block j (x^0 … x^{N−1}, then v) of a [b, L, (N+1)·d] tensor: a strided view."""
-    return t[..., j * d:(j + 1) * d]
+from models.kernels import check_cpu, gated
+from models.kernels.gated import block as _block
 
 
 class _GatedConv(torch.autograd.Function):
@@ -35,9 +32,15 @@ class _GatedConv(torch.autograd.Function):
     on the core, BENCHMARKS.md) would not be bit-identical."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, wt: Tensor, sbias: Tensor | None, k: Tensor, D: Tensor, pad: int) -> Tensor:
+    def forward(ctx, u: Tensor, wt: Tensor, sbias: Tensor | None, k: Tensor, D: Tensor, pad: int,
+                cpp: bool) -> Tensor:
         N = k.shape[0] + 1
         d, n = D.shape[-1], k.shape[-1]
+        ctx.pad, ctx.N, ctx.n, ctx.has_bias, ctx.cpp = pad, N, n, sbias is not None, cpp
+        if cpp:  # the same algorithm with fused passes (models/kernels/gated.py)
+            y, s, Ks, saved = gated.forward(u, wt, sbias, k, D, pad)
+            ctx.save_for_backward(u, wt, s, D, *Ks, *saved)
+            return y
         s = _short_fwd(u, wt, sbias, pad)  # [b, L, (N+1)·d]
         Ks = [torch.fft.rfft(k[o], n=n) for o in range(N - 1)]  # per step, as _FFTConv makes them
         z = _block(s, N, d)  # v
@@ -48,7 +51,6 @@ class _GatedConv(torch.autograd.Function):
             saved += [zin, Z, z]
         y = z * _block(s, 0, d)
         ctx.save_for_backward(u, wt, s, D, *Ks, *saved)
-        ctx.pad, ctx.N, ctx.n, ctx.has_bias = pad, N, n, sbias is not None
         return y
 
     @staticmethod
@@ -57,6 +59,9 @@ class _GatedConv(torch.autograd.Function):
         u, wt, s, D, *rest = ctx.saved_tensors
         N, n = ctx.N, ctx.n
         Ks, saved = rest[:N - 1], rest[N - 1:]
+        if ctx.cpp:
+            return (*gated.backward(gy, u, wt, s, D, list(Ks), list(saved), ctx.pad, ctx.needs_input_grad,
+                                    ctx.has_bias), None, None)
         d = D.shape[-1]
         need_u, need_w, need_b, need_k, need_D = ctx.needs_input_grad[:5]
         gs = torch.empty_like(s)  # [b, L, (N+1)·d]: every block's gradient, written in place
@@ -77,7 +82,7 @@ class _GatedConv(torch.autograd.Function):
         gu, gw, gb = short_conv_backward(gs, u, wt, ctx.pad, need_u, need_w, ctx.has_bias and need_b)
         gk = torch.stack(gks) if need_k else None
         gD = torch.stack(gDs) if need_D else None
-        return gu, gw, gb, gk, gD, None
+        return gu, gw, gb, gk, gD, None, None
 
 
 def gated_conv(
@@ -87,10 +92,15 @@ def gated_conv(
     k: Float[Tensor, "n_o d n"],
     D: Float[Tensor, "n_o d"],
     pad: int,
+    cpp: bool = False,
 ) -> Float[Tensor, "b L d"]:
     """The operator's core for u = in_proj(x) [b, L, (N+1)·d]: the short conv (taps wt [k, C]
     tap-major, `pad` as `short_conv`), then the gate products and long convolutions with the
     circular kernels k [N−1, d, n] (`circular_kernel`) and skips D [N−1, d]; returns x^0 ⊙ the
-    last convolution [b, L, d], i.e. `hook_y`'s value."""
-    return _GatedConv.apply(u, wt, sbias, k, D, pad)
+    last convolution [b, L, d], i.e. `hook_y`'s value. `cpp`: the same algorithm with its
+    elementwise passes fused, by the compiled kernels (models/kernels/gated.py; other bits, CPU
+    only, one batch axis)."""
+    if cpp:
+        check_cpu(u)
+    return _GatedConv.apply(u, wt, sbias, k, D, pad, cpp and u.dim() == 3)
 

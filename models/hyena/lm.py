@@ -26,11 +26,12 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from models.config.model import HyenaConfig  # defined with the run configs (torch-free); re-exported
+from models.config.model import SYNTHETICS_DEFAULTS, HyenaConfig  # defined with the run configs (torch-free); re-exported
 from models.data.vocab import decode, encode, icl_vocab
 from models.errors import UserError
 from models.hyena.hooks import HyenaActivationCache, hook_idle, lm_hook_names, split_caching_hooks
 from models.hyena.operator import HyenaOperator
+from models.kernels import bias_gelu
 from models.safari.conversion import lm_config_from_safari, lm_state_from_safari
 from models.safari.conversion import load_aligned
 
@@ -73,14 +74,21 @@ class LayerNorm(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, d_inner: int):
+    """fc1 → GELU-tanh → fc2. With `kernels="cpp"`, a training step (train mode, gradients on,
+    both hooks idle) runs fc1's bias and the GELU as one compiled pass (models/kernels `bias_gelu`)."""
+
+    def __init__(self, d_model: int, d_inner: int, kernels: str = SYNTHETICS_DEFAULTS["kernels"]):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_inner)
         self.fc2 = nn.Linear(d_inner, d_model)
         self.hook_pre = HookPoint()  # [b, L, d_inner]
         self.hook_post = HookPoint()  # [b, L, d_inner]
+        self.kernels = kernels
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.kernels == "cpp" and self.training and torch.is_grad_enabled() and hook_idle(self.hook_pre) \
+                and hook_idle(self.hook_post):
+            return self.fc2(bias_gelu(x, self.fc1.weight, self.fc1.bias))
         pre = self.hook_pre(self.fc1(x))
         return self.fc2(self.hook_post(F.gelu(pre, approximate="tanh")))
 
@@ -90,8 +98,9 @@ class HyenaBlock(nn.Module):
         super().__init__()
         self.ln1 = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
         self.mixer = HyenaOperator(**cfg.operator_kwargs())
+        self.mixer.kernels = cfg.kernels  # not a safari operator argument: set after construction
         self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
-        self.mlp = MLP(cfg.d_model, cfg.d_inner)
+        self.mlp = MLP(cfg.d_model, cfg.d_inner, cfg.kernels)
         self.drop_mixer = nn.Dropout(cfg.resid_dropout)
         self.drop_mlp = nn.Dropout(cfg.resid_dropout)
         # the blocks.{l}. rows of models/hyena/hooks.py's HOOKS

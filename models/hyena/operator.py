@@ -185,6 +185,7 @@ class HyenaOperator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.activation = make_activation(activation)
         self._filter_cache = FilterCache()
+        self.kernels = "torch"  # "cpp": the core by compiled kernels in train mode (HyenaConfig.kernels)
 
         # the rows of models/hyena/hooks.py's HOOKS; the per-order ones need a loop
         self.hook_in_proj = HookPoint()  # [b, L, (N+1)·d]
@@ -336,7 +337,7 @@ class HyenaOperator(nn.Module):
         n, conv = fft_size(L), self.short_filter
         k = circular_kernel(self.filters(L), None if self.causal else self.filters_rev(L), n)  # [N−1, d, n]
         wt = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[-1]).t().contiguous()  # [k, C]
-        return gated_conv(u, wt, conv.bias, k, self.skip_bias(), conv.padding[0])
+        return gated_conv(u, wt, conv.bias, k, self.skip_bias(), conv.padding[0], cpp=self.kernels == "cpp" and self.training)
 
     # ---- safari import --------------------------------------------------------------------
     @classmethod

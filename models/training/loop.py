@@ -26,6 +26,7 @@ from models.rundir.checkpoint import (checkpoint_name, load_checkpoint, load_sta
 from models.training.schedule import CheckpointSchedule
 from models.config import (RunConfig, apply_overrides, config_diff, config_hash, config_yaml, load_config,
                            resolve_config, validate_config)
+from models import kernels
 from models.errors import UserError
 from models.training.evaluate import EvalSet, evaluate, make_eval_set
 from models.rundir.io import append_jsonl, atomic_write_json, atomic_write_text
@@ -62,6 +63,10 @@ class Trainer:
         self.device = resolve_device(device)
         self.quiet, self.max_steps = quiet, max_steps
         # Everything that can fail on bad input runs before the run directory is touched.
+        if getattr(cfg.model, "kernels", "torch") == "cpp":  # a CPU path, compiled on first use
+            if self.device.type != "cpu":
+                raise UserError(f"model.kernels=cpp runs on the CPU only; use model.kernels=torch with --device {device}")
+            kernels.load()
         self.data = generate(cfg, cfg.data_seed)
         self.cfg = resolve_config(cfg, data_vocab_size(self.data), int(self.data.train_inputs.shape[1]))
         self.hash = config_hash(self.cfg)
