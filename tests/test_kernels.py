@@ -28,6 +28,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def test_loading_the_kernels_keeps_denormals():
+    # -ffast-math at link time would pull in crtfastmath.o, which sets flush-to-zero for the process
+    kernels.load()
+    assert (torch.tensor(1e-40) * 1.0).item() > 0
+
+
 def test_bias_gelu_is_as_accurate_as_torch_against_float64():
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(s, generator=g) for s in ((5, 7, 16), (24, 16), (24,)))

@@ -26,7 +26,8 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from models.config.model import SYNTHETICS_DEFAULTS, HyenaConfig  # defined with the run configs (torch-free); re-exported
+from models.config.model import HyenaConfig  # defined with the run configs (torch-free); re-exported
+from models.config.model import SYNTHETICS_DEFAULTS
 from models.data.vocab import decode, encode, icl_vocab
 from models.errors import UserError
 from models.hyena.hooks import HyenaActivationCache, hook_idle, lm_hook_names, split_caching_hooks

@@ -337,7 +337,8 @@ class HyenaOperator(nn.Module):
         n, conv = fft_size(L), self.short_filter
         k = circular_kernel(self.filters(L), None if self.causal else self.filters_rev(L), n)  # [N−1, d, n]
         wt = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[-1]).t().contiguous()  # [k, C]
-        return gated_conv(u, wt, conv.bias, k, self.skip_bias(), conv.padding[0], cpp=self.kernels == "cpp" and self.training)
+        cpp = self.kernels == "cpp" and self.training  # compiled kernels: training steps only
+        return gated_conv(u, wt, conv.bias, k, self.skip_bias(), conv.padding[0], cpp=cpp)
 
     # ---- safari import --------------------------------------------------------------------
     @classmethod
