@@ -54,7 +54,7 @@ def _models(plan, L: int, safari_src: str | None):
     return ours, safari
 
 
-def _cpp_twin(ours, L: int):
+def _cpp_twin(ours):
     """Our model with `model.kernels=cpp` (models/kernels) and our weights: the opt-in CPU path."""
     twin = build_model({**ours.cfg.to_dict(), "kernels": "cpp"}, seed=0)
     twin.load_state_dict(ours.state_dict())
@@ -80,7 +80,7 @@ def run(plan, bar, provenance: str, safari_src: str | None = None) -> list[Secti
             want = ours.eval()(probe)
             agree.append((L, _rel(ref.eval()(probe), want), None if safari is None else _rel(safari.eval()(probe), want)))
         ours.train(), ref.train()
-        cpp = _cpp_twin(ours, L) if dev == "cpu" else None
+        cpp = _cpp_twin(ours) if dev == "cpu" else None
         if cpp is not None:  # a training forward (gradients on, one dropout mask): the kernels' numerics
             torch.manual_seed(0)
             want = ours(x).detach()
