@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from benchmarks.reference import ReferenceAdamW
 from benchmarks.timing import compare
-from benchmarks.train_step import _step
+from benchmarks.train_step import _cpp_twin, _step
 from models.build import build_model
 from models.training.optim import AdamW, param_groups
 
@@ -59,9 +59,7 @@ def onednn_available() -> bool:
 def _cpp_rows(model, x, y, L: int, b: int, rounds: int, clock: str, add) -> None:
     """`model.kernels=cpp` (models/kernels) against the torch ops, on copies of `model`: the MLP,
     one operator, and the whole train step."""
-    cpp = copy.deepcopy(model)
-    for block in cpp.blocks:
-        block.mlp.kernels = block.mixer.kernels = "cpp"
+    cpp = _cpp_twin(model)
     g = torch.Generator().manual_seed(3)
     d = model.cfg.d_model
     h = torch.randn(b, L, d, generator=g, requires_grad=True)

@@ -88,7 +88,7 @@ def run(plan, bar, provenance: str, baseline_src: str | None = None) -> list[Sec
             pairs = [a["cpu"]["train"] / b["cpu"]["train"] for a, b in zip(train[name], train["baseline"])]
             ratio = statistics.median(pairs)
             all_ratio = sum(full[name]["cpu"].values()) / sum(full["baseline"]["cpu"].values())
-            text.append(f"{label[0].upper() + label[1:]} / baseline, CPU per run: training alone **{ratio:.3f}** "
+            text.append(f"{label.capitalize()} / baseline, CPU per run: training alone **{ratio:.3f}** "
                         f"(per pair: {', '.join(f'{p:.3f}' for p in pairs)}), i.e. **{1 / ratio:.2f}x** the runs per "
                         f"CPU-hour (target ≥ 1.5x); train + capture + probe + analyze {all_ratio:.3f} "
                         f"({1 / all_ratio:.2f}x).")

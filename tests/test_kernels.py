@@ -3,7 +3,6 @@ to float32 accuracy, are used where they should be and nowhere else, give bit-id
 seed and across resume, and refuse bad input in one line."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from models.hyena.fftconv import _short_fwd, circular_kernel, fft_size, short_co
 from models.hyena.fused import gated_conv
 from models.training.loop import train
 from tests.conftest import jitter_, tiny_hyena_config
+from tests.test_train import weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,13 +137,6 @@ def _tiny_run(**model) -> dict:
             "checkpoints": {"log_count": 2, "every": 10, "dense_every": 5}, "eval": {"train_subset": 64}}
 
 
-def _last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    index = json.loads((run_dir / "checkpoints" / "index.json").read_text())
-    return load_file(str(run_dir / index["checkpoints"][-1]["file"]))
-
-
 def test_cpp_runs_are_bit_identical_by_seed_and_across_resume(tmp_path):
     cfg = _tiny_run(kernels="cpp")
     train(cfg, tmp_path / "full", quiet=True)
@@ -151,13 +144,13 @@ def test_cpp_runs_are_bit_identical_by_seed_and_across_resume(tmp_path):
     first = train(cfg, tmp_path / "part", quiet=True, max_steps=15)
     assert not first.finished
     train(cfg, tmp_path / "part", quiet=True)
-    full = _last_weights(tmp_path / "full")
+    full = weights(tmp_path / "full")
     for other in ("again", "part"):
-        w = _last_weights(tmp_path / other)
+        w = weights(tmp_path / other)
         assert w.keys() == full.keys() and all(torch.equal(w[k], full[k]) for k in full), other
     # its own config: other bits than the torch run, and the key in config.yaml
     train(_tiny_run(), tmp_path / "torch", quiet=True)
-    plain = _last_weights(tmp_path / "torch")
+    plain = weights(tmp_path / "torch")
     assert any(not torch.equal(plain[k], full[k]) for k in full)
     assert "kernels: cpp" in (tmp_path / "full" / "config.yaml").read_text()
     assert "kernels" not in (tmp_path / "torch" / "config.yaml").read_text()

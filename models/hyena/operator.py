@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from models.config.model import SAFARI_OPERATOR_DEFAULTS
+from models.config.model import SAFARI_OPERATOR_DEFAULTS, SYNTHETICS_DEFAULTS
 from models.errors import UserError
 from models.hyena.fftconv import circular_kernel, fft_conv, fft_size, short_conv
 from models.hyena.filter_cache import FilterCache
@@ -185,7 +185,8 @@ class HyenaOperator(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.activation = make_activation(activation)
         self._filter_cache = FilterCache()
-        self.kernels = "torch"  # "cpp": the core by compiled kernels in train mode (HyenaConfig.kernels)
+        # "cpp": the core by compiled kernels in train mode (HyenaConfig.kernels sets it)
+        self.kernels = SYNTHETICS_DEFAULTS["kernels"]
 
         # the rows of models/hyena/hooks.py's HOOKS; the per-order ones need a loop
         self.hook_in_proj = HookPoint()  # [b, L, (N+1)·d]
